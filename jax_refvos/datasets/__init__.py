@@ -1,0 +1,1 @@
+"""Dataset readers and codecs: raw benchmark layouts -> masks, expressions (and later, records)."""

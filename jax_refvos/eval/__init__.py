@@ -1,0 +1,1 @@
+"""Benchmark evaluation: J/F metrics, split scoring, prediction I/O, reference baselines."""
