@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
+from pycocotools import mask as cocomask
 
 from jax_refvos.datasets import rle
-
-cocomask = pytest.importorskip("pycocotools.mask")
 
 
 def _ref_encode(mask):

@@ -1,11 +1,10 @@
 """J and F against hand-computed cases and against the official DAVIS code on hard random cases."""
 
+import davis_reference as davis
 import numpy as np
 import pytest
 
 from jax_refvos.eval import metrics
-
-davis = pytest.importorskip("davis_reference")
 
 
 def test_boundary_map_hand_written():

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import davis_reference as davis
 import numpy as np
 import pytest
 import tiny_mevis
@@ -10,8 +11,6 @@ from PIL import Image
 
 from jax_refvos.eval import baselines, score
 from jax_refvos.main import score as score_cli
-
-davis = pytest.importorskip("davis_reference")
 
 
 @pytest.fixture(scope="module")
