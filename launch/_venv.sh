@@ -23,12 +23,22 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[venv] creating $VENV with $($PY --version)"
   "$PY" -m venv "$VENV"
 fi
+# The stamp records the pyproject.toml hash and the extras installed with it; a run that asks for
+# a subset of those (quickstart after test.sh) installs nothing.
 stamp="$VENV/.refvos-installed"
-want="$(sha256sum < "$REPO/pyproject.toml" | cut -c1-16)-extras:$EXTRAS"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+hash="$(sha256sum < "$REPO/pyproject.toml" | cut -c1-16)"
+have_hash="" have_extras=""
+[ -f "$stamp" ] && read -r have_hash have_extras < "$stamp" || true
+need_install=0
+[ "$have_hash" = "$hash" ] || { need_install=1; have_extras=""; }
+for extra in ${EXTRAS//,/ }; do
+  [[ ",$have_extras," == *",$extra,"* ]] || need_install=1
+done
+if [ "$need_install" = 1 ]; then
+  EXTRAS="$(printf '%s\n' ${have_extras//,/ } ${EXTRAS//,/ } | sort -u | paste -sd, -)"
   spec="$REPO"
   [ -n "$EXTRAS" ] && spec="$REPO[$EXTRAS]"
-  echo "[venv] installing jax_refvos${EXTRAS:+ [$EXTRAS]} (first run only, ~1 min)"
+  echo "[venv] installing jax_refvos${EXTRAS:+ [$EXTRAS]} into $VENV"
   pip_install() {
     local log="$VENV/.refvos-pip.log"
     if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
@@ -43,6 +53,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # it requires the GUI `opencv-python`; the headless cv2 from the [test] extra serves it.
     pip_install --no-deps "vos-benchmark==0.1.0"
   fi
-  echo "$want" > "$stamp"
+  echo "$hash $EXTRAS" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
