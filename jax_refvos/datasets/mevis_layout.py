@@ -1,6 +1,6 @@
 """Reading the MeViS on-disk layout (also ReVOS-style splits and our synthetic benchmark).
 
-Layout (shared/DESIGN.md, "Dataset layouts"; reference/virst.md §7.3)::
+Layout (as MeViS distributes it; VIRST reads it in `utils/evaluation/eval_rvos.py`)::
 
     <root>/<split>/JPEGImages/<vid>/<frame>.jpg
     <root>/<split>/meta_expressions.json   {"videos": {vid: {"frames": [..], "expressions":
