@@ -44,6 +44,11 @@ def load_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: not UTF-8 text ({e.reason})") from None
 
 
+def set_default_permissions(path: str | os.PathLike) -> None:
+    """chmod a (temporary) file to what a plain `open()` would have created under the umask."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes `data` to `path` via a temporary file in the same directory and a rename."""
     path = Path(path)

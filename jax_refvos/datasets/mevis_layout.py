@@ -1,6 +1,7 @@
 """Reading the MeViS on-disk layout (also ReVOS-style splits and our synthetic benchmark).
 
-Layout (as MeViS distributes it; VIRST reads it in `utils/evaluation/eval_rvos.py`)::
+Layout (as MeViS distributes it; VIRST reads it in `utils/evaluation/eval_rvos.py`; ReVOS and the
+LV-VIS referring conversion use the same files, `load_meta` reads any of them)::
 
     <root>/<split>/JPEGImages/<vid>/<frame>.jpg
     <root>/<split>/meta_expressions.json   {"videos": {vid: {"frames": [..], "expressions":
@@ -37,6 +38,7 @@ class Expression:
     text: str
     obj_ids: tuple[int, ...]
     anno_ids: tuple[int, ...] | None  # None in splits without annotations (MeViS valid)
+    type_id: int | None = None  # ReVOS: 0 referring, 1 reasoning, 2 no target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Video:
     video_id: str
     frames: tuple[str, ...]
     expressions: tuple[Expression, ...]
+    vid_id: Any = None  # MeViS/ReVOS carry a running id per video (kept as given)
 
 
 def split_dir(root: str | Path, split: str) -> Path:
@@ -57,17 +60,36 @@ def split_dir(root: str | Path, split: str) -> Path:
     return path
 
 
+def _is_int(v: Any) -> bool:
+    # Integer strings ("3") are accepted too: GLUS casts ReVOS/LV-VIS ids with int().
+    return (isinstance(v, int) and not isinstance(v, bool)) or (
+        isinstance(v, str) and v.strip().removeprefix("-").isdecimal()
+    )
+
+
 def _int_list(value: Any, where: str, key: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
+    if not isinstance(value, list) or not all(_is_int(v) for v in value):
         raise InputError(f"{where}: {key!r} must be a list of integers, got {value!r}")
-    return tuple(value)
+    return tuple(int(v) for v in value)
+
+
+def check_frame_list(frames: Any, where: str) -> list[str]:
+    """A meta entry's 'frames': a non-empty list of distinct frame names."""
+    if not isinstance(frames, list) or not frames or not all(isinstance(f, str) for f in frames):
+        raise InputError(f"{where}: 'frames' must be a non-empty list of frame names")
+    if len(set(frames)) != len(frames):
+        raise InputError(f"{where}: 'frames' lists a frame twice")
+    return frames
 
 
 def load_videos(split_path: str | Path) -> list[Video]:
     """Parses and validates `meta_expressions.json`; videos and expressions in file order."""
-    path = Path(split_path) / META_FILE
+    return load_meta(Path(split_path) / META_FILE)
+
+
+def load_meta(path: str | Path) -> list[Video]:
+    """Parses and validates a MeViS-style meta file (ReVOS: `meta_expressions_<split>_.json`)."""
+    path = Path(path)
     meta = load_json(path)
     if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
         raise InputError(f"{path}: expected an object with a 'videos' object")
@@ -76,15 +98,7 @@ def load_videos(split_path: str | Path) -> list[Video]:
         where = f"{path}: video {vid!r}"
         if not isinstance(entry, dict):
             raise InputError(f"{where}: expected an object")
-        frames = entry.get("frames")
-        if (
-            not isinstance(frames, list)
-            or not frames
-            or not all(isinstance(f, str) for f in frames)
-        ):
-            raise InputError(f"{where}: 'frames' must be a non-empty list of frame names")
-        if len(set(frames)) != len(frames):
-            raise InputError(f"{where}: 'frames' lists a frame twice")
+        frames = check_frame_list(entry.get("frames"), where)
         exps = entry.get("expressions")
         if not isinstance(exps, dict):
             raise InputError(f"{where}: 'expressions' must be an object")
@@ -95,8 +109,11 @@ def load_videos(split_path: str | Path) -> list[Video]:
                 raise InputError(f"{ewhere}: expected an object with an 'exp' string")
             obj_ids = _int_list(e["obj_id"], ewhere, "obj_id") if "obj_id" in e else ()
             anno_ids = _int_list(e["anno_id"], ewhere, "anno_id") if "anno_id" in e else None
-            expressions.append(Expression(str(exp_id), e["exp"], obj_ids, anno_ids))
-        videos.append(Video(str(vid), tuple(frames), tuple(expressions)))
+            type_id = e.get("type_id")
+            if type_id is not None and (not isinstance(type_id, int) or isinstance(type_id, bool)):
+                raise InputError(f"{ewhere}: 'type_id' must be an integer, got {type_id!r}")
+            expressions.append(Expression(str(exp_id), e["exp"], obj_ids, anno_ids, type_id))
+        videos.append(Video(str(vid), tuple(frames), tuple(expressions), entry.get("vid_id")))
     return videos
 
 

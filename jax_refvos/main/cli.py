@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jax_refvos.main.score",
         "J, F and J&F of predictions, as the official MeViS/DAVIS code",
     ),
+    "convert": (
+        "jax_refvos.main.convert",
+        "raw benchmark split -> ArrayRecord/TFRecord shards + manifest.json",
+    ),
 }
 
 EXIT_INPUT_ERROR = 2

@@ -15,14 +15,11 @@ only when complete, so an error or Ctrl-C leaves nothing partial behind. Output 
 the `SynthConfig`, not on the number of worker processes.
 """
 
-import multiprocessing
 import os
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from jax_refvos import console, fileio
+from jax_refvos import console, fileio, parallel
 from jax_refvos.datasets.synthetic import readme, video
 from jax_refvos.datasets.synthetic.config import GENERATOR_VERSION, SPLITS, SynthConfig
 from jax_refvos.datasets.synthetic.video import VideoRecord, VideoTask
@@ -84,7 +81,9 @@ def _generate(out: Path, cfg: SynthConfig, workers: int, progress: bool) -> dict
     total = sum(cfg.split_sizes().values())
     with (
         fileio.atomic_directory(out, overwrite=True) as tmp,
-        _VideoRunner(workers) as run,
+        parallel.ordered_map(
+            video.make_video, workers=workers, preload=[video.__name__], chunksize=_CHUNKSIZE
+        ) as run,
         console.progress(total=total, unit="video", desc="refvos synth", enabled=progress) as bar,
     ):
         for split_index, (split, prefix) in enumerate(SPLITS):
@@ -153,43 +152,6 @@ def _tasks(cfg: SynthConfig, split_dir: Path, split_index: int, prefix: str) -> 
             )
         )
     return tasks
-
-
-class _VideoRunner:
-    """Context manager yielding ``run(tasks) -> iterator of records, in task order``."""
-
-    def __init__(self, workers: int):
-        self._workers = workers
-        self._pool = None
-
-    def __enter__(self):
-        if self._workers > 1:
-            # forkserver: workers fork from a clean server process, never from a caller that may
-            # hold threads (jax, tqdm's monitor); preloading the generator makes each fork cheap.
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload([video.__name__])
-            self._pool = ctx.Pool(self._workers, initializer=_ignore_sigint)
-        return self._run
-
-    def _run(self, tasks: list[VideoTask]) -> Iterator[VideoRecord]:
-        if self._pool is None:
-            return map(video.make_video, tasks)
-        return self._pool.imap(video.make_video, tasks, chunksize=_CHUNKSIZE)
-
-    def __exit__(self, exc_type, exc, tb):
-        if self._pool is not None:
-            if exc_type is None:
-                self._pool.close()
-            else:
-                self._pool.terminate()
-            self._pool.join()
-        return False
-
-
-def _ignore_sigint() -> None:
-    # Ctrl-C reaches every process of the terminal's group. Workers ignore it, so that none dies
-    # holding the task queue's lock; the parent alone handles it and terminates the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _write_split(split_dir: Path, cfg: SynthConfig, records: list[VideoRecord]) -> dict[str, Any]:
