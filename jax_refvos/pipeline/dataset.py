@@ -29,8 +29,8 @@ from jax_refvos.datasets.example import VideoExample
 from jax_refvos.errors import InputError
 from jax_refvos.pipeline import element
 from jax_refvos.pipeline.config import PipelineConfig
-from jax_refvos.pipeline.glus_sample import GlusSample
-from jax_refvos.pipeline.virst_sample import VirstSample
+from jax_refvos.pipeline.glus_sample import glus_sample
+from jax_refvos.pipeline.virst_sample import virst_sample
 
 META_KEYS = ("meta_video_id", "meta_exp_id")  # host-only strings in eval batches
 
@@ -104,8 +104,20 @@ class _EvalSample(grain.transforms.RandomMap):
         return out
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Sample(grain.transforms.RandomMap):
+    """(dataset_index, record bytes, exp_index) -> the method's fixed-shape sample dict."""
+
+    cfg: PipelineConfig
+
+    def random_map(self, elem: element.Element, rng: np.random.Generator) -> dict:
+        ds_index, data, exp_index = elem
+        fn = virst_sample if self.cfg.method == "virst" else glus_sample
+        return fn(VideoExample.from_bytes(data), ds_index, exp_index, rng, self.cfg)
+
+
 def sample_transform(cfg: PipelineConfig) -> grain.transforms.RandomMap:
-    return VirstSample(cfg=cfg) if cfg.method == "virst" else GlusSample(cfg=cfg)
+    return _Sample(cfg=cfg)
 
 
 def min_frames(cfg: PipelineConfig) -> int:

@@ -14,24 +14,12 @@ Follows `dataset/refer_video_seg_dataset.py::ReferVideoSegDataset.__getitem__` a
       object-contrastive loss needs video_key, obj_key, exp_key and query_index.
 """
 
-import dataclasses
-
-import grain
 import numpy as np
 
 from jax_refvos.datasets.example import VideoExample
 from jax_refvos.pipeline import augment, element, image_ops, prompts, sampling
 from jax_refvos.pipeline.config import PipelineConfig
 from jax_refvos.pipeline.tokenizer import IGNORE_INDEX, load_tokenizer
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class GlusSample(grain.transforms.RandomMap):
-    cfg: PipelineConfig
-
-    def random_map(self, elem: element.Element, rng: np.random.Generator) -> dict:
-        ds_index, data, exp_index = elem
-        return glus_sample(VideoExample.from_bytes(data), ds_index, exp_index, rng, self.cfg)
 
 
 def glus_sample(

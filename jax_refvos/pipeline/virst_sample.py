@@ -14,24 +14,12 @@ policy, `_get_item`) and `model/VIRST.py::select_keyframes`. Shapes (o = max_exp
     + element.common_keys (expr_valid, exp_index, exp_key, obj_key, video_key, ...)
 """
 
-import dataclasses
-
-import grain
 import numpy as np
 
 from jax_refvos.datasets.example import VideoExample
 from jax_refvos.pipeline import augment, element, image_ops, prompts, sampling
 from jax_refvos.pipeline.config import PipelineConfig
 from jax_refvos.pipeline.tokenizer import IGNORE_INDEX, load_tokenizer
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class VirstSample(grain.transforms.RandomMap):
-    cfg: PipelineConfig
-
-    def random_map(self, elem: element.Element, rng: np.random.Generator) -> dict:
-        ds_index, data, exp_index = elem
-        return virst_sample(VideoExample.from_bytes(data), ds_index, exp_index, rng, self.cfg)
 
 
 def virst_sample(

@@ -6,6 +6,7 @@ validate it and returns a validated `VideoExample`. Every problem is an `InputEr
 names the file and the video/frame.
 """
 
+import abc
 import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -21,7 +22,7 @@ from jax_refvos.errors import InputError
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-class Reader:
+class Reader(abc.ABC):
     """Base of the per-dataset readers: `video_ids()` and `task(video_id)`.
 
     Subclasses set `dataset`, `split`, `source` (the meta file, for messages) and `_videos` (video
@@ -37,7 +38,11 @@ class Reader:
         return sorted(self._videos)
 
     def prepare(self) -> None:
-        """Parses the split-wide files (mask dicts); their errors concern every video."""
+        """Parses the split-wide files (mask dicts); their errors concern every video.
+
+        Readers whose meta file is the only split-wide file have nothing more to parse.
+        """
+        return None
 
     def task(self, video_id: str) -> Any:
         entry = self._videos.get(video_id)
@@ -45,8 +50,9 @@ class Reader:
             raise InputError(f"{self.source}: no video {video_id!r} in split {self.split!r}")
         return self._make_task(video_id, entry)
 
+    @abc.abstractmethod
     def _make_task(self, video_id: str, entry: Any) -> Any:
-        raise NotImplementedError
+        """The picklable task of one video, from its parsed meta entry."""
 
     def __repr__(self) -> str:
         return (
@@ -54,22 +60,21 @@ class Reader:
         )
 
 
-def require_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
+def _require(path: Path, what: str, present: bool) -> Path:
+    if not present:
         parent = path.parent
         found = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
         hint = f" (found there: {', '.join(found[:10])})" if found else ""
         raise InputError(f"{path}: {what} is missing{hint}")
     return path
+
+
+def require_dir(path: Path, what: str) -> Path:
+    return _require(path, what, path.is_dir())
 
 
 def require_file(path: Path, what: str) -> Path:
-    if not path.is_file():
-        parent = path.parent
-        found = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
-        hint = f" (found there: {', '.join(found[:10])})" if found else ""
-        raise InputError(f"{path}: {what} is missing{hint}")
-    return path
+    return _require(path, what, path.is_file())
 
 
 def check_video_id(video_id: str, source: Path) -> None:
