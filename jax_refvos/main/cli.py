@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jax_refvos.main.convert",
         "raw benchmark split -> ArrayRecord/TFRecord shards + manifest.json",
     ),
+    "track": (
+        "jax_refvos.main.track",
+        "SAM2/SAM2.1 video object tracking from a mask, clicks or a box (official .pt weights)",
+    ),
 }
 
 EXIT_INPUT_ERROR = 2

@@ -1,0 +1,1 @@
+"""Weight import: official PyTorch checkpoints -> our NNX parameters (no torch at runtime)."""
