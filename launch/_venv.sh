@@ -47,6 +47,8 @@ if [ "$need_install" = 1 ]; then
       exit 1
     fi
   }
+  # sam2 (parity extra) builds from source; its CUDA extension is optional and unwanted here.
+  export SAM2_BUILD_CUDA=0
   pip_install -e "$spec"
   if [[ ",$EXTRAS," == *",test,"* ]]; then
     # The DAVIS metric code on PyPI, the independent reference of our scorer's tests. --no-deps:

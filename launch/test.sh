@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs the test suite: creates .venv, installs jax_refvos with the [test] extra, runs pytest.
+# Runs the test suite: creates .venv, installs jax_refvos with the [test] and [parity] extras
+# (the PyTorch references: CPU torch, sam2 1.1.0), runs pytest.
 # Extra arguments go to pytest, e.g.  bash launch/test.sh -m slow   or   bash launch/test.sh -k rle
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REFVOS_EXTRAS="test" source launch/_venv.sh
+REFVOS_EXTRAS="test,parity" source launch/_venv.sh
 export JAX_PLATFORMS=cpu
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(-m "not slow" -n 2)

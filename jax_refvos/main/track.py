@@ -79,51 +79,82 @@ def _read_mask(path: str) -> np.ndarray:
         raise InputError(f"{path}: cannot read the mask PNG ({err})") from None
 
 
-def _prompt(fv, predictor, state):
-    given = [n for n in ("mask_png", "points", "box") if fv[n].value is not None]
+def _parse_prompt(fv: flags.FlagValues) -> tuple[str, np.ndarray]:
+    """("mask", bool[H, W]) | ("points", float32[n, 3]) | ("box", float32[4]) from the flags."""
+    given = [f"--{n}" for n in ("mask_png", "points", "box") if fv[n].value is not None]
     if len(given) != 1:
-        raise InputError("give exactly one of --mask_png, --points, --box")
-    k = fv.mask_frame
-    if k >= state.num_frames:
-        raise InputError(f"--mask_frame {k}: {fv.frames_dir} has {state.num_frames} frames")
+        got = " and ".join(given) if given else "none"
+        raise InputError(f"give exactly one of --mask_png, --points, --box (got {got})")
     if fv.mask_png is not None:
         mask = _read_mask(fv.mask_png)
-        if mask.shape[:2] != (state.video_height, state.video_width):
-            raise InputError(
-                f"{fv.mask_png}: mask size {mask.shape[1]}x{mask.shape[0]} differs "
-                f"from the frames' {state.video_width}x{state.video_height}"
-            )
-        predictor.add_new_mask(state, k, 1, mask[..., 0] if mask.ndim == 3 else mask)
-    elif fv.points is not None:
+        return "mask", mask[..., 0] if mask.ndim == 3 else mask
+    if fv.points is not None:
         rows = _numbers(fv.points, "points", 3)
         if not np.isin(rows[:, 2], (0, 1)).all():
             raise InputError(f"--points {fv.points!r}: labels must be 1 (object) or 0 (background)")
-        predictor.add_new_points_or_box(state, k, 1, points=rows[:, :2], labels=rows[:, 2])
+        return "points", rows
+    boxes = _numbers(fv.box, "box", 4)
+    if len(boxes) != 1:
+        raise InputError(f"--box {fv.box!r}: give one box")
+    return "box", boxes[0]
+
+
+def _add_prompt(predictor, state, frame_idx: int, kind: str, value: np.ndarray) -> None:
+    if kind == "mask":
+        predictor.add_new_mask(state, frame_idx, 1, value)
+    elif kind == "points":
+        predictor.add_new_points_or_box(
+            state, frame_idx, 1, points=value[:, :2], labels=value[:, 2]
+        )
     else:
-        predictor.add_new_points_or_box(state, k, 1, box=_numbers(fv.box, "box", 4)[0])
+        predictor.add_new_points_or_box(state, frame_idx, 1, box=value)
 
 
 def run(fv: flags.FlagValues) -> None:
     from PIL import Image
     from tqdm import tqdm
 
-    from jax_refvos.model.sam2.video_frames import sorted_frame_paths
-    from jax_refvos.model.sam2.video_predictor import Sam2VideoPredictor
+    from jax_refvos.model.sam2.config import from_name
+    from jax_refvos.model.sam2.video_frames import load_video_frames
+    from jax_refvos.model.sam2.video_predictor import InferenceState, Sam2VideoPredictor
 
+    # Cheap checks first (flags, files), then the frames, then the checkpoint (slow to load).
+    kind, value = _parse_prompt(fv)
     out_dir = Path(fv.out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"{out_dir}: exists and is not an empty directory")
+    parent = next(p for p in out_dir.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise InputError(f"{out_dir}: cannot be created, {parent} is not a directory")
+    if not Path(fv.checkpoint).is_file():
+        raise InputError(f"{fv.checkpoint}: checkpoint file not found")
+    try:
+        image_size = from_name(fv.model_cfg, image_size=fv.image_size).image_size
+    except ValueError as err:
+        raise InputError(str(err)) from None  # unknown --model_cfg, bad --image_size
     start = time.perf_counter()
-    paths = sorted_frame_paths(fv.frames_dir)
+    images, (height, width), paths = load_video_frames(fv.frames_dir, image_size, progress=True)
+    stems = [p.stem for p in paths]
+    if len(set(stems)) != len(stems):
+        dup = next(s for s in stems if stems.count(s) > 1)
+        raise InputError(f"{fv.frames_dir}: two frames named {dup!r} (their masks would clash)")
+    k = fv.mask_frame
+    if k >= len(paths):
+        raise InputError(f"--mask_frame {k}: {fv.frames_dir} has {len(paths)} frames")
+    if kind == "mask" and value.shape != (height, width):
+        raise InputError(
+            f"{fv.mask_png}: mask size {value.shape[1]}x{value.shape[0]} differs "
+            f"from the frames' {width}x{height}"
+        )
     predictor = Sam2VideoPredictor.from_checkpoint(
         fv.checkpoint, fv.model_cfg, image_size=fv.image_size, chunk_size=fv.chunk_size
     )
-    state = predictor.init_state(fv.frames_dir)
-    _prompt(fv, predictor, state)
-    logits = np.full((state.num_frames, state.video_height, state.video_width), -1024.0, np.float32)
+    state = InferenceState(images=images, video_height=height, video_width=width)
+    _add_prompt(predictor, state, k, kind, value)
+    logits = np.full((state.num_frames, height, width), -1024.0, np.float32)
     frames = tqdm(
         predictor.propagate_in_video(state),
-        total=state.num_frames - fv.mask_frame,
+        total=state.num_frames - k,
         desc="propagate",
         unit="frame",
     )

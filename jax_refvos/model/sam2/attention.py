@@ -5,11 +5,56 @@ k and v are [b, m, kv_in_dim]. `kv_valid` masks padded keys (our fixed-capacity 
 all keys valid the result equals the reference, and a masked key contributes exactly zero.
 """
 
+import math
+from collections.abc import Callable
+
 import einops
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float
+
+# Attention logits above this many bytes are computed for blocks of queries at a time, each block
+# holding about `_BLOCK_BYTES` of logits: at 1024 px SAM2's memory attention would otherwise
+# materialise 4096 x 28672 float32 logits (470 MB) per layer and run at memory speed.
+_MAX_LOGIT_BYTES = 64 * 2**20
+_BLOCK_BYTES = 8 * 2**20
+
+
+def over_query_blocks(
+    fn: Callable[[jax.Array], jax.Array], q: Float[Array, "b n s k"], m: int
+) -> Float[Array, "b n s c"]:
+    """`fn(q)` for an fn that treats query rows independently, in blocks when the logits are big.
+
+    `m` is the number of keys. Exact: each query's softmax involves only its own row.
+    """
+    b, n, s = q.shape[:3]
+    if b * n * s * m * 4 <= _MAX_LOGIT_BYTES:
+        return fn(q)
+    block = max(8, _BLOCK_BYTES // (b * n * m * 4))
+    blocks = math.ceil(s / block)
+    block = math.ceil(s / blocks)
+    q = jnp.pad(q, ((0, 0), (0, 0), (0, blocks * block - s), (0, 0)))
+    q = einops.rearrange(q, "b n (c s) k -> c b n s k", c=blocks)
+    out = jax.lax.map(fn, q)
+    return einops.rearrange(out, "c b n s k -> b n (c s) k")[:, :, :s]
+
+
+def attention_weights(
+    q: Float[Array, "b n s k"],
+    k: Float[Array, "b n m k"],
+    kv_valid: Bool[Array, "b m"] | None = None,
+) -> Float[Array, "b n s m"]:
+    """softmax(q kᵀ / √k) in float32; masked keys get zero weight."""
+    logits = jnp.einsum("bnsk,bnmk->bnsm", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    logits = logits.astype(jnp.float32)
+    if kv_valid is not None:
+        logits = jnp.where(kv_valid[:, None, None, :], logits, -jnp.inf)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if kv_valid is not None:
+        # A row with no valid key (never the case in SAM2 use) would be NaN; make it zero.
+        weights = jnp.where(jnp.any(kv_valid, -1)[:, None, None, None], weights, 0.0)
+    return weights
 
 
 def attend(
@@ -19,15 +64,32 @@ def attend(
     kv_valid: Bool[Array, "b m"] | None = None,
 ) -> Float[Array, "b n s k"]:
     """softmax(q kᵀ / √k) v, softmax in float32; masked keys get zero weight."""
-    logits = jnp.einsum("bnsk,bnmk->bnsm", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    logits = logits.astype(jnp.float32)
-    if kv_valid is not None:
-        logits = jnp.where(kv_valid[:, None, None, :], logits, -jnp.inf)
-    weights = jax.nn.softmax(logits, axis=-1)
-    if kv_valid is not None:
-        # A row with no valid key (never the case in SAM2 use) would be NaN; make it zero.
-        weights = jnp.where(jnp.any(kv_valid, -1)[:, None, None, None], weights, 0.0)
-    return jnp.einsum("bnsm,bnmk->bnsk", weights.astype(v.dtype), v)
+
+    def rows(q):
+        weights = attention_weights(q, k, kv_valid)
+        return jnp.einsum("bnsm,bnmk->bnsk", weights.astype(v.dtype), v)
+
+    return over_query_blocks(rows, q, k.shape[2])
+
+
+def attend_then_project_values(
+    weights: Float[Array, "b n s m"], v_in: Float[Array, "b m e"], v_proj: nnx.Linear
+) -> Float[Array, "b n s k"]:
+    """weights · v_proj(v_in) computed as (weights · v_in) · W_v + b_v.
+
+    Equal to projecting first (the projection is affine and every row of `weights` sums to 1, or
+    0 when nothing is valid, which the bias term honours). Cheaper whenever the input width e is
+    below the per-head width k: SAM2's memory cross-attention attends from 256-d queries to 64-d
+    memories, so the value product costs a quarter.
+    """
+    n = weights.shape[1]
+    kernel = einops.rearrange(v_proj.kernel[...], "e (n k) -> e n k", n=n).astype(v_in.dtype)
+    mixed = jnp.einsum("bnsm,bme->bnse", weights.astype(v_in.dtype), v_in)
+    out = jnp.einsum("bnse,enk->bnsk", mixed, kernel)
+    if v_proj.bias is not None:
+        bias = einops.rearrange(v_proj.bias[...], "(n k) -> n k", n=n).astype(out.dtype)
+        out = out + weights.sum(-1, keepdims=True).astype(out.dtype) * bias[None, :, None, :]
+    return out
 
 
 class Attention(nnx.Module):

@@ -16,7 +16,10 @@ from jaxtyping import Array, Float
 
 from jax_refvos.model.sam2.attention import attend
 from jax_refvos.model.sam2.config import HieraConfig
-from jax_refvos.model.sam2.layers import MLP, gelu
+from jax_refvos.model.sam2.layers import MLP, gelu, in_row_chunks
+
+# Position-wise work on maps larger than this runs in chunks of it (see `in_row_chunks`).
+_CHUNK_BYTES = 1 * 2**20
 
 # torch's bicubic kernel uses Keys' cubic convolution with a = -0.75 (jax.image uses -0.5).
 _CUBIC_A = -0.75
@@ -191,7 +194,10 @@ class MultiScaleBlock(nnx.Module):
         if window > 0:
             # Padded positions are zeros after the norm; like torch, they stay unmasked keys.
             x, padded_hw = window_partition(x, window)
-        x = self.attn(x)
+            # Windows are independent: attend a few at a time so q/k/v stay in cache.
+            x = in_row_chunks(self.attn, x, max_bytes=_CHUNK_BYTES)
+        else:
+            x = self.attn(x)
         if window > 0:
             if self.q_stride is not None:
                 # Windows shrank with q; re-derive the padding for the pooled map.
@@ -200,7 +206,10 @@ class MultiScaleBlock(nnx.Module):
                 padded_hw = (h + -h % window, w + -w % window)
             x = window_unpartition(x, window, padded_hw, shortcut.shape[1:3])
         x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        tokens = einops.rearrange(x, "b h w d -> (b h w) d")
+        tokens = in_row_chunks(lambda t: t + self.mlp(self.norm2(t)), tokens,
+                               max_bytes=_CHUNK_BYTES)  # fmt: skip
+        return einops.rearrange(tokens, "(b h w) d -> b h w d", b=x.shape[0], h=x.shape[1])
 
 
 def _nchw_to_nhwc(w: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float
 
 from jax_refvos.model.sam2.config import MemoryAttentionConfig
+from jax_refvos.model.sam2.layers import in_row_chunks
 from jax_refvos.model.sam2.rope import RoPEAttention
 
 
@@ -73,7 +74,14 @@ class MemoryAttentionLayer(nnx.Module):
         )
         tgt = tgt + drop(self.dropout2, y)
 
-        y = self.linear2(drop(self.dropout, jax.nn.relu(self.linear1(self.norm3(tgt)))))
+        def mlp(t):
+            return self.linear2(drop(self.dropout, jax.nn.relu(self.linear1(self.norm3(t)))))
+
+        if rngs is None:  # tokens are independent: keep the 2048-wide hidden layer in cache
+            y = in_row_chunks(mlp, tgt.reshape(-1, tgt.shape[-1]), max_bytes=2**20)
+            y = y.reshape(tgt.shape)
+        else:
+            y = mlp(tgt)
         return tgt + drop(self.dropout3, y)
 
 

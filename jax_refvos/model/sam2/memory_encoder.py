@@ -98,8 +98,27 @@ class CXBlock(nnx.Module):
         )
         # DEVIATION(sam2): no DropPath; SAM2 builds CXBlock with drop_path=0 (identity).
 
+    def _depthwise(self, x: Float[Array, "b h w c"]) -> Float[Array, "b h w c"]:
+        """`dwconv` as a sum of shifted, per-channel-scaled copies of the padded input.
+
+        DEVIATION(sam2): same arithmetic as the grouped convolution, but XLA's CPU grouped conv
+        is ~20x slower than these 49 fused multiply-adds (14 ms vs < 1 ms at 32x32x256).
+        """
+        conv = self.dwconv
+        if conv.feature_group_count == 1:
+            return conv(x)
+        kh, kw = conv.kernel_size
+        (pt, pb), (pl, pr) = conv.padding
+        kernel = conv.kernel[...].astype(x.dtype)  # [kh, kw, 1, c]
+        xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+        out = sum(
+            xp[:, i : i + h, j : j + w, :] * kernel[i, j, 0] for i in range(kh) for j in range(kw)
+        )
+        return out + conv.bias[...].astype(x.dtype)
+
     def __call__(self, x: Float[Array, "b h w c"]) -> Float[Array, "b h w c"]:
-        y = self.pwconv2(gelu(self.pwconv1(self.norm(self.dwconv(x)))))
+        y = self.pwconv2(gelu(self.pwconv1(self.norm(self._depthwise(x)))))
         if self.gamma is not None:
             y = self.gamma[...].astype(y.dtype) * y
         return x + y
