@@ -168,23 +168,21 @@ def memory_sweep(model_cfg: str, image_size: int, lengths: list[int], tmp: Path)
         pred = Sam2VideoPredictor(model, chunk_size=8)
         state = pred.init_state(video)
         pred.add_new_mask(state, 0, 1, mask)
+        base = sum(a.nbytes for a in jax.live_arrays())  # model weights, cached constants
         live_peak, frames = 0, 0
-        if hasattr(dev, "memory_stats") and dev.memory_stats():
-            stats_before = dev.memory_stats().get("peak_bytes_in_use", 0)
-        else:
-            stats_before = None
         for _ in pred.propagate_in_video(state):
             frames += 1
-            live_peak = max(live_peak, sum(a.nbytes for a in jax.live_arrays()))
+            live_peak = max(live_peak, sum(a.nbytes for a in jax.live_arrays()) - base)
         stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
-        compiled = prop._propagate_chunk_jit._cache_size() if hasattr(
-            prop._propagate_chunk_jit, "_cache_size") else None  # fmt: skip
         out[n] = dict(
             frames=frames,
-            live_arrays_peak_mb=live_peak / 2**20,
-            allocator_peak_mb=(stats or {}).get("peak_bytes_in_use", 0) / 2**20 or None,
-            allocator_peak_before_mb=(stats_before or 0) / 2**20 or None,
-            compiled_chunk_variants=compiled,
+            # device arrays alive between chunks beyond the weights: bank, chunk inputs/outputs
+            live_arrays_mb=round(live_peak / 2**20, 2),
+            # GPU/TPU allocator peak over the whole process so far (None on CPU)
+            allocator_peak_mb=round(stats["peak_bytes_in_use"] / 2**20, 1)
+            if stats and "peak_bytes_in_use" in stats
+            else None,
+            compiled_chunk_programs=prop._propagate_chunk_jit._cache_size(),
         )
     return out
 

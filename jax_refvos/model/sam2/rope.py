@@ -17,13 +17,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float
 
-from jax_refvos.model.sam2.attention import (
-    Attention,
-    attend,
-    attend_then_project_values,
-    attention_weights,
-    over_query_blocks,
-)
+from jax_refvos.model.sam2.attention import Attention, attend, attend_shared_values
 
 
 @functools.lru_cache(maxsize=32)
@@ -170,13 +164,7 @@ class RoPEAttention(Attention):
         if v.shape[-1] < self.internal_dim // self.num_heads:
             # DEVIATION(sam2): same math, reassociated: values are mixed in the 64-d memory space
             # before their projection (a quarter of the FLOPs of SAM2's cross-attention).
-            out = over_query_blocks(
-                lambda q: attend_then_project_values(
-                    attention_weights(q, k, kv_valid), v, self.v_proj
-                ),
-                q,
-                k.shape[2],
-            )
+            out = attend_shared_values(q, k, v, self.v_proj, kv_valid)
         else:
             out = attend(q, k, self.split_heads(self.v_proj(v)), kv_valid)
         return self.out_proj(self.merge_heads(out))

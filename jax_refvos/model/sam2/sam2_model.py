@@ -234,11 +234,7 @@ class Sam2Model(nnx.Module):
         e = c.mem_dim
         s = h * w
         slot_pos = jnp.asarray(sine_pe_2d(h, w, e)).reshape(1, 1, s, e)
-        tpos = self.maskmem_tpos_enc[...].reshape(c.num_maskmem, e)
-        tpos = tpos[mb.clip_index(memory.feats_tpos, c.num_maskmem)]  # [b, m, e]
-        mem = einops.rearrange(memory.feats.astype(jnp.float32), "b m s e -> b (m s) e")
-        mem_pos = einops.rearrange(slot_pos + tpos[:, :, None, :], "b m s e -> b (m s) e")
-        mem_valid = einops.repeat(memory.feats_valid, "b m -> b (m s)", s=s)
+        tpos_table = self.maskmem_tpos_enc[...].reshape(c.num_maskmem, e)
 
         ptr, ptr_valid = memory.ptr, memory.ptr_valid
         if c.add_tpos_enc_to_obj_ptrs:
@@ -255,14 +251,41 @@ class Sam2Model(nnx.Module):
             ptr = einops.rearrange(ptr, "b q (k e) -> b (q k) e", k=k)
             ptr_pos = einops.repeat(ptr_pos, "b q e -> b (q k) e", k=k)
             ptr_valid = einops.repeat(ptr_valid, "b q -> b (q k)", k=k)
-        out = self.memory_attention(
-            einops.rearrange(feats.pix, "b h w d -> b (h w) d"),
-            einops.rearrange(feats.pos, "b h w d -> b (h w) d"),
-            jnp.concatenate([mem, ptr.astype(mem.dtype)], 1),
-            jnp.concatenate([mem_pos, ptr_pos], 1),
-            num_obj_ptr_tokens=ptr.shape[1],
-            memory_valid=jnp.concatenate([mem_valid, ptr_valid], 1),
-        )
+        curr = einops.rearrange(feats.pix, "b h w d -> b (h w) d")
+        curr_pos = einops.rearrange(feats.pos, "b h w d -> b (h w) d")
+
+        # DEVIATION(sam2): the reference attends to the memories that exist; our bank has a fixed
+        # number of slots. Valid slots are moved to the front and attention runs over the
+        # smallest bucket of slots that holds them (one compiled branch per bucket), so early
+        # frames and short videos do not pay for empty slots. Same result: empty slots are
+        # masked out of the attention either way.
+        order = jnp.argsort(~memory.feats_valid, axis=1, stable=True)
+        feats_m = jnp.take_along_axis(memory.feats, order[:, :, None, None], 1)
+        tpos_m = jnp.take_along_axis(memory.feats_tpos, order, 1)
+        valid_m = jnp.take_along_axis(memory.feats_valid, order, 1)
+        needed = jnp.max(valid_m.sum(1))
+        buckets = slot_buckets(valid_m.shape[1])
+
+        def attend_to(n_slots: int):
+            def run(_):
+                tpos = tpos_table[mb.clip_index(tpos_m[:, :n_slots], c.num_maskmem)]
+                mem = einops.rearrange(feats_m[:, :n_slots].astype(jnp.float32),
+                                       "b m s e -> b (m s) e")  # fmt: skip
+                mem_pos = einops.rearrange(slot_pos + tpos[:, :, None, :], "b m s e -> b (m s) e")
+                mem_valid = einops.repeat(valid_m[:, :n_slots], "b m -> b (m s)", s=s)
+                return self.memory_attention(
+                    curr,
+                    curr_pos,
+                    jnp.concatenate([mem, ptr.astype(mem.dtype)], 1),
+                    jnp.concatenate([mem_pos, ptr_pos], 1),
+                    num_obj_ptr_tokens=ptr.shape[1],
+                    memory_valid=jnp.concatenate([mem_valid, ptr_valid], 1),
+                )
+
+            return run
+
+        branch = jnp.searchsorted(jnp.asarray(buckets), needed)
+        out = jax.lax.switch(branch, [attend_to(n) for n in buckets], None)
         return einops.rearrange(out, "b (h w) d -> b h w d", h=h, w=w)
 
     def encode_memory(
@@ -300,6 +323,16 @@ class Sam2Model(nnx.Module):
             d=c.hidden_dim,
             dtype=c.storage_dtype,
         )
+
+
+def slot_buckets(num_slots: int) -> tuple[int, ...]:
+    """Memory sizes (in slots) compiled as separate attention branches: 1, 2, 4, ..., all."""
+    sizes = {num_slots}
+    size = 1
+    while size < num_slots:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
 
 
 def valid_frames(frames: Int[Array, "b c"], valid: Bool[Array, "b c"], t) -> Bool[Array, "b"]:
