@@ -85,10 +85,9 @@ def time_ours(pred, video: Path, mask, repeats: int):
         pred.reset_state(state)
         pred.add_new_mask(state, 0, 1, mask)
         start = time.perf_counter()
-        for _ in pred.propagate_in_video(state):
-            pass
+        outs = {t: m for t, _, m in pred.propagate_in_video(state)}
         times.append(time.perf_counter() - start)
-    return times[0] - min(times[1:]), min(times[1:])
+    return times[0] - min(times[1:]), min(times[1:]), outs
 
 
 def time_ref(ref, video: Path, mask, repeats: int, device: str):
@@ -103,12 +102,11 @@ def time_ref(ref, video: Path, mask, repeats: int, device: str):
             if device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            for _ in ref.propagate_in_video(state):
-                pass
+            outs = {t: m for t, _, m in ref.propagate_in_video(state)}
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    return min(times[1:])
+    return min(times[1:]), {t: m.float().cpu().numpy() for t, m in outs.items()}
 
 
 def encoder_speed(pred, refs, image_size: int, n: int, device: str):
@@ -220,10 +218,19 @@ def main():
         mask = make_video(video, args.frames)
         enc, enc_compile = encoder_speed(pred, refs, args.image_size, args.encoder_iters,
                                          args.device)  # fmt: skip
-        compile_s, ours_s = time_ours(pred, video, mask, args.repeats)
+        compile_s, ours_s, ours_out = time_ours(pred, video, mask, args.repeats)
         prop = {"ours": args.frames / ours_s}
         for name, ref in refs.items():
-            prop[name] = args.frames / time_ref(ref, video, mask, args.repeats, args.device)
+            ref_s, ref_out = time_ref(ref, video, mask, args.repeats, args.device)
+            prop[name] = args.frames / ref_s
+            if name == "sam2":  # same weights, same frames: the outputs must agree
+                res["max_rel_logit_diff"] = max(
+                    float(np.abs(ours_out[t] - ref_out[t]).max() / np.abs(ref_out[t]).max())
+                    for t in ref_out
+                )
+                res["min_mask_agreement"] = min(
+                    float(np.mean((ours_out[t] > 0) == (ref_out[t] > 0))) for t in ref_out
+                )
         res.update(encoder_fps=enc, encoder_compile_s=enc_compile, propagation_fps=prop,
                    propagation_compile_s=compile_s)  # fmt: skip
         if args.memory_lengths:
@@ -238,6 +245,10 @@ def main():
         print(f"| ours / {name} | {enc['ours'] / enc[name]:.2f}x | "
               f"{prop['ours'] / prop[name]:.2f}x |")  # fmt: skip
     print(f"compile: encoder {enc_compile:.1f} s, propagation {compile_s:.1f} s")
+    print(
+        f"ours vs sam2 outputs: max |Δlogit| / max |logit| = {res['max_rel_logit_diff']:.2e}, "
+        f"masks agree on >= {res['min_mask_agreement']:.4%} of pixels per frame"
+    )
     for n, m in res.get("memory", {}).items():
         print(f"memory @ {args.memory_image_size}, {n} frames: {m}")
     if args.out:

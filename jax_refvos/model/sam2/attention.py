@@ -19,19 +19,36 @@ from jaxtyping import Array, Bool, Float
 # materialise 4096 x 28672 float32 logits (470 MB) per layer and run at memory speed.
 _MAX_LOGIT_BYTES = 64 * 2**20
 _BLOCK_BYTES = 8 * 2**20
+# Beyond that size, attention is online-softmax over key blocks (see `_flash_rows`).
+_FLASH = True
+_FLASH_Q_BLOCK = 256
+_FLASH_K_BLOCK = 2048
+
+
+_FLASH_MIN_KEYS = 8192  # measured: Hiera's 4096-key global attention is faster without
+
+
+def _use_flash(q: jax.Array, k: jax.Array) -> bool:
+    b, n, s = q.shape[:3]
+    m = k.shape[2]
+    return _FLASH and m >= _FLASH_MIN_KEYS and b * n * s * m * 4 > _MAX_LOGIT_BYTES
 
 
 def over_query_blocks(
-    fn: Callable[[jax.Array], jax.Array], q: Float[Array, "b n s k"], m: int
+    fn: Callable[[jax.Array], jax.Array],
+    q: Float[Array, "b n s k"],
+    m: int,
+    block: int | None = None,
 ) -> Float[Array, "b n s c"]:
     """`fn(q)` for an fn that treats query rows independently, in blocks when the logits are big.
 
-    `m` is the number of keys. Exact: each query's softmax involves only its own row.
+    `m` is the number of keys; `block` fixes the rows per block. Exact: each query's softmax
+    involves only its own row.
     """
     b, n, s = q.shape[:3]
     if b * n * s * m * 4 <= _MAX_LOGIT_BYTES:
         return fn(q)
-    block = max(8, _BLOCK_BYTES // (b * n * m * 4))
+    block = block or max(8, _BLOCK_BYTES // (b * n * m * 4))
     blocks = math.ceil(s / block)
     block = math.ceil(s / blocks)
     q = jnp.pad(q, ((0, 0), (0, 0), (0, blocks * block - s), (0, 0)))
@@ -69,6 +86,49 @@ def _mix(scores: Float[Array, "b n s m"], v: jax.Array, spec: str) -> Float[Arra
     return out[..., :-1] / jnp.where(total > 0, total, 1).astype(out.dtype)
 
 
+def _flash_rows(q, k, v, kv_valid, spec: str, k_block: int):
+    """Online-softmax attention of the query rows `q` over key blocks (lax.scan).
+
+    Keys are visited `k_block` at a time with a running max and sum, so scores never exceed a
+    [rows, k_block] tile (cache-resident on CPU); the result equals the one-shot softmax.
+    """
+    b, n, s, d = q.shape
+    m = k.shape[2]
+    pad = -m % k_block
+    valid = jnp.ones((b, m), bool) if kv_valid is None else kv_valid
+    k = jnp.pad(k, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    v = jnp.pad(v, [(0, 0)] * (v.ndim - 2) + [(0, pad), (0, 0)])
+    valid = jnp.pad(valid, ((0, 0), (0, pad)))
+    blocks = (m + pad) // k_block
+    kb = einops.rearrange(k, "b n (c m) d -> c b n m d", c=blocks)
+    vb = v.reshape(v.shape[:-2] + (blocks, k_block, v.shape[-1]))
+    vb = jnp.moveaxis(vb, -3, 0)
+    validb = einops.rearrange(valid, "b (c m) -> c b m", c=blocks)
+    scale = 1.0 / math.sqrt(d)
+
+    def step(carry, xs):
+        top, total, acc = carry
+        kc, vc, ok = xs
+        sc = jnp.einsum("bnsd,bnmd->bnsm", q, kc).astype(jnp.float32) * scale
+        ok = ok[:, None, None, :]
+        sc = jnp.where(ok, sc, -1e30)
+        new_top = jnp.maximum(top, sc.max(-1))
+        p = jnp.where(ok, jnp.exp(sc - new_top[..., None]), 0.0)
+        corr = jnp.exp(top - new_top)
+        total = total * corr + p.sum(-1)
+        acc = acc * corr[..., None] + jnp.einsum(spec, p.astype(vc.dtype), vc)
+        return (new_top, total, acc), None
+
+    c = v.shape[-1]
+    init = (
+        jnp.full((b, n, s), -1e30, jnp.float32),
+        jnp.zeros((b, n, s), jnp.float32),
+        jnp.zeros((b, n, s, c), jnp.float32),
+    )
+    (_, total, acc), _ = jax.lax.scan(step, init, (kb, vb, validb))
+    return (acc / jnp.where(total > 0, total, 1.0)[..., None]).astype(v.dtype)
+
+
 def attention_weights(
     q: Float[Array, "b n s k"],
     k: Float[Array, "b n m k"],
@@ -87,6 +147,10 @@ def attend(
     kv_valid: Bool[Array, "b m"] | None = None,
 ) -> Float[Array, "b n s k"]:
     """softmax(q kᵀ / √k) v, softmax in float32; masked keys get zero weight."""
+
+    if _use_flash(q, k):
+        rows = lambda q: _flash_rows(q, k, v, kv_valid, "bnsm,bnmc->bnsc", _FLASH_K_BLOCK)
+        return over_query_blocks(rows, q, k.shape[2], block=_FLASH_Q_BLOCK)
 
     def rows(q):
         return _mix(_scores(q, k, kv_valid), v, "bnsm,bnmc->bnsc")
@@ -111,8 +175,13 @@ def attend_shared_values(
     n = q.shape[1]
     kernel = einops.rearrange(v_proj.kernel[...], "e (n k) -> e n k", n=n).astype(v_in.dtype)
 
+    flash = _use_flash(q, k)
+
     def rows(q):
-        mixed = _mix(_scores(q, k, kv_valid), v_in, "bnsm,bmc->bnsc")
+        if flash:
+            mixed = _flash_rows(q, k, v_in, kv_valid, "bnsm,bmc->bnsc", _FLASH_K_BLOCK)
+        else:
+            mixed = _mix(_scores(q, k, kv_valid), v_in, "bnsm,bmc->bnsc")
         out = jnp.einsum("bnse,enk->bnsk", mixed, kernel)
         if v_proj.bias is None:
             return out
@@ -122,7 +191,7 @@ def attend_shared_values(
         any_valid = jnp.any(kv_valid, -1)[:, None, None, None].astype(out.dtype)
         return out + any_valid * bias[None, :, None, :]
 
-    return over_query_blocks(rows, q, k.shape[2])
+    return over_query_blocks(rows, q, k.shape[2], block=_FLASH_Q_BLOCK if flash else None)
 
 
 class Attention(nnx.Module):
