@@ -18,6 +18,8 @@ float32. Measured:
       --frames 64 --torch_compile          # on a GPU: also torch.compile'd sam2 (vos_optimized)
 
 Needs the [parity] extra (torch, torchvision, sam2). Prints a markdown table; --out writes JSON.
+On a GPU machine both sides need their CUDA builds: `pip install "jax[cuda12]==0.10.2"` and a CUDA
+torch matching torchvision 0.28 (the [parity] pin is the CPU wheel).
 """
 
 import argparse
