@@ -56,19 +56,30 @@ def make_video(root: Path, frames: int, height: int = 480, width: int = 640) -> 
     return mask
 
 
-def build(model_cfg: str, image_size: int, device: str, torch_compile: bool):
+def same_weights(model_cfg: str, image_size: int, *, video: bool = True):
+    """(reference, ours) with the same random weights; the object-score head is biased so the
+    object stays present, as in the parity tests."""
     import sam2_reference
     import torch
 
     from jax_refvos.convert.sam2_torch import abstract_sam2
     from jax_refvos.convert.torch_names import load_torch_state
-    from jax_refvos.model.sam2.video_predictor import Sam2VideoPredictor
 
-    ref = sam2_reference.build_reference(model_cfg, image_size=image_size, seed=0)
-    with torch.no_grad():  # keep the object present, as in the parity tests
+    ref = sam2_reference.build_reference(model_cfg, image_size=image_size, seed=0, video=video)
+    with torch.no_grad():
         ref.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.add_(8.0)
     ours = abstract_sam2(model_cfg, image_size=image_size)
     load_torch_state(ours, sam2_reference.state_dict_numpy(ref))
+    return ref, ours
+
+
+def build(model_cfg: str, image_size: int, device: str, torch_compile: bool):
+    import sam2_reference
+    import torch
+
+    from jax_refvos.model.sam2.video_predictor import Sam2VideoPredictor
+
+    ref, ours = same_weights(model_cfg, image_size)
     refs = {"sam2": ref.to(device)}
     if torch_compile:
         compiled = sam2_reference.build_reference(model_cfg, image_size=image_size, seed=0)
@@ -148,17 +159,7 @@ def memory_sweep(model_cfg: str, image_size: int, lengths: list[int], tmp: Path)
     from jax_refvos.model.sam2 import propagation as prop
     from jax_refvos.model.sam2.video_predictor import Sam2VideoPredictor
 
-    build_ref = __import__("sam2_reference").build_reference
-    import torch
-
-    from jax_refvos.convert.sam2_torch import abstract_sam2
-    from jax_refvos.convert.torch_names import load_torch_state
-
-    ref = build_ref(model_cfg, image_size=image_size, seed=0, video=False)
-    with torch.no_grad():
-        ref.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.add_(8.0)
-    model = abstract_sam2(model_cfg, image_size=image_size)
-    load_torch_state(model, __import__("sam2_reference").state_dict_numpy(ref))
+    _, model = same_weights(model_cfg, image_size, video=False)
     dev = jax.devices()[0]
     out = {}
     for n in lengths:

@@ -74,15 +74,10 @@ class MemoryBank:
         valid: Bool[Array, "b"],
     ) -> "MemoryBank":
         """Write conditioning slot `slot` for the objects where `valid` (others keep theirs)."""
-
-        def put(buf, x):
-            keep = valid.reshape(valid.shape + (1,) * (x.ndim - 1))
-            return buf.at[:, slot].set(jnp.where(keep, x.astype(buf.dtype), buf[:, slot]))
-
         return self.replace(
-            cond_feats=put(self.cond_feats, feats),
-            cond_ptr=put(self.cond_ptr, ptr),
-            cond_frame=put(self.cond_frame, frame),
+            cond_feats=_put(self.cond_feats, feats, slot, valid),
+            cond_ptr=_put(self.cond_ptr, ptr, slot, valid),
+            cond_frame=_put(self.cond_frame, frame, slot, valid),
             cond_valid=self.cond_valid.at[:, slot].set(valid | self.cond_valid[:, slot]),
         )
 
@@ -94,22 +89,23 @@ class MemoryBank:
         write: Bool[Array, "b"],
     ) -> "MemoryBank":
         """Record tracked frame `t` for the objects where `write` (not a conditioning frame)."""
-
-        def put(buf, x, slot):
-            keep = write.reshape(write.shape + (1,) * (x.ndim - 1))
-            return buf.at[:, slot].set(jnp.where(keep, x.astype(buf.dtype), buf[:, slot]))
-
         r, p = self.mem_valid.shape[1], self.ptr_valid.shape[1]
         frame = jnp.full(write.shape, t, jnp.int32)
         ms, ps = t % r, t % p
         return self.replace(
-            mem_feats=put(self.mem_feats, feats, ms),
-            mem_frame=put(self.mem_frame, frame, ms),
-            mem_valid=put(self.mem_valid, write, ms),
-            ptr=put(self.ptr, ptr, ps),
-            ptr_frame=put(self.ptr_frame, frame, ps),
-            ptr_valid=put(self.ptr_valid, write, ps),
+            mem_feats=_put(self.mem_feats, feats, ms, write),
+            mem_frame=_put(self.mem_frame, frame, ms, write),
+            mem_valid=_put(self.mem_valid, write, ms, write),
+            ptr=_put(self.ptr, ptr, ps, write),
+            ptr_frame=_put(self.ptr_frame, frame, ps, write),
+            ptr_valid=_put(self.ptr_valid, write, ps, write),
         )
+
+
+def _put(buf: jax.Array, x: jax.Array, slot, where: Bool[Array, "b"]) -> jax.Array:
+    """buf[:, slot] = x for the batch rows in `where`; other rows keep their value."""
+    keep = where.reshape(where.shape + (1,) * (x.ndim - 1))
+    return buf.at[:, slot].set(jnp.where(keep, x.astype(buf.dtype), buf[:, slot]))
 
 
 def select_cond(

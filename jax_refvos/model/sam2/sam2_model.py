@@ -11,7 +11,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
 from jax_refvos.model.sam2 import memory_bank as mb
 from jax_refvos.model.sam2.config import Sam2Config
@@ -181,12 +181,17 @@ class Sam2Model(nnx.Module):
     def _object_pointer(self, token, appearing, obj_score) -> Float[Array, "b d"]:
         c = self.cfg
         obj_ptr = self.obj_ptr_proj(token).astype(jnp.float32)
-        if c.mask_decoder.pred_obj_scores:
-            lam = jax.nn.sigmoid(obj_score) if c.soft_no_obj_ptr else appearing.astype(jnp.float32)
-            if c.fixed_no_obj_ptr:
-                obj_ptr = lam * obj_ptr
-            obj_ptr = obj_ptr + (1 - lam) * self.no_obj_ptr[...]
-        return obj_ptr
+        lam = jax.nn.sigmoid(obj_score) if c.soft_no_obj_ptr else appearing.astype(jnp.float32)
+        return self._blend_no_obj_ptr(obj_ptr, lam)
+
+    def _blend_no_obj_ptr(self, obj_ptr, lam: Float[Array, "b 1"]) -> Float[Array, "b d"]:
+        """Object pointer where the object appears (lam = 1), `no_obj_ptr` where it does not."""
+        c = self.cfg
+        if not c.mask_decoder.pred_obj_scores:
+            return obj_ptr
+        if c.fixed_no_obj_ptr:
+            obj_ptr = lam * obj_ptr
+        return obj_ptr + (1 - lam) * self.no_obj_ptr[...]
 
     def use_mask_as_output(
         self, feats: ImageFeatures, mask_inputs: Float[Array, "b 1 H W"]
@@ -206,10 +211,7 @@ class Sam2Model(nnx.Module):
                 mask_inputs=einops.rearrange(small, "b h w 1 -> b 1 h w"),
                 multimask_output=False,
             ).obj_ptr
-            if self.cfg.mask_decoder.pred_obj_scores:
-                if self.cfg.fixed_no_obj_ptr:
-                    obj_ptr = lam * obj_ptr
-                obj_ptr = obj_ptr + (1 - lam) * self.no_obj_ptr[...]
+            obj_ptr = self._blend_no_obj_ptr(obj_ptr, lam)
         else:
             obj_ptr = jnp.zeros((mask.shape[0], self.cfg.hidden_dim), jnp.float32)
         return SamOutput(
@@ -333,8 +335,3 @@ def slot_buckets(num_slots: int) -> tuple[int, ...]:
         sizes.add(size)
         size *= 2
     return tuple(sorted(sizes))
-
-
-def valid_frames(frames: Int[Array, "b c"], valid: Bool[Array, "b c"], t) -> Bool[Array, "b"]:
-    """True where `t` is one of an object's valid conditioning frames."""
-    return jnp.any(valid & (frames == t), axis=-1)

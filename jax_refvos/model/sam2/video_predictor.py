@@ -239,25 +239,15 @@ class Sam2VideoPredictor:
                 bank.cond_ptr[i, j] = out.obj_ptr[0]
                 bank.cond_frame[i, j] = frame_idx
                 bank.cond_valid[i, j] = True
+        bank = jax.tree.map(jnp.asarray, bank)
+        # Tracked frames behind the start (in this direction) enter the rings as if the scan had
+        # just pushed them, farthest first, so the rings keep the nearest ones.
         sign = -1 if reverse else 1
-        r, p = bank.mem_valid.shape[1], bank.ptr_valid.shape[1]
-        for dist in range(1, max(r, p) + 1):  # tracked frames behind the start, in this direction
+        for dist in range(bank.ptr_valid.shape[1], 0, -1):
             frame_idx = start - sign * dist
-            if frame_idx not in state.tracked:
-                continue
-            feats, ptr, written = state.tracked[frame_idx]
-            for ring, n, value in (("mem", r, feats), ("ptr", p, ptr)):
-                if dist > n:
-                    continue
-                slot = frame_idx % n
-                buf = bank.mem_feats if ring == "mem" else bank.ptr
-                frames = bank.mem_frame if ring == "mem" else bank.ptr_frame
-                valid = bank.mem_valid if ring == "mem" else bank.ptr_valid
-                buf[:, slot] = np.where(
-                    written.reshape((-1,) + (1,) * (value.ndim - 1)), value, buf[:, slot]
-                )
-                frames[:, slot] = np.where(written, frame_idx, frames[:, slot])
-                valid[:, slot] = valid[:, slot] | written
+            if frame_idx in state.tracked:
+                feats, ptr, written = state.tracked[frame_idx]
+                bank = bank.push(jnp.int32(frame_idx), feats, ptr, jnp.asarray(written))
         cond_frames = prop.CondFrames(
             frame=bank.cond_frame,
             valid=bank.cond_valid,
@@ -268,7 +258,7 @@ class Sam2VideoPredictor:
             for j, out in enumerate(cond.values()):
                 cond_frames.low_res_masks[i, j] = out.low_res_masks[0]
                 cond_frames.object_score_logits[i, j] = out.object_score_logits[0, 0]
-        return jax.tree.map(jnp.asarray, bank), jax.tree.map(jnp.asarray, cond_frames)
+        return bank, jax.tree.map(jnp.asarray, cond_frames)
 
     def propagate_in_video(
         self,
