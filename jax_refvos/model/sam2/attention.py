@@ -61,8 +61,10 @@ def _scores(
     q: Float[Array, "b n s k"], k: Float[Array, "b n m k"], kv_valid: Bool[Array, "b m"] | None
 ) -> Float[Array, "b n s m"]:
     """exp(q kᵀ / √k - row max) in float32, exactly 0 for masked keys (unnormalised softmax)."""
-    logits = jnp.einsum("bnsk,bnmk->bnsm", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    logits = logits.astype(jnp.float32)
+    # Scale q rather than the logits: s*k multiplies instead of s*m, and XLA:CPU otherwise
+    # materialises the broadcast scale when several attentions share its shape.
+    q = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+    logits = jnp.einsum("bnsk,bnmk->bnsm", q, k).astype(jnp.float32)
     if kv_valid is None:
         return jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
     # A finite fill keeps the row max finite (an isfinite() fix-up of the max would break XLA's

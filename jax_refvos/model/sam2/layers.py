@@ -63,6 +63,9 @@ def in_row_chunks(fn, x: jax.Array, *, max_bytes: int = 4 * 2**20, axis_rows: in
     if rows <= per_chunk:
         return fn(x)
     chunks = math.ceil(rows / per_chunk)
+    # Prefer a chunk count that divides the rows (up to 1.5x more chunks): padding costs a
+    # full copy of the input and of the output on XLA:CPU.
+    chunks = next((c for c in range(chunks, chunks + chunks // 2 + 1) if rows % c == 0), chunks)
     per_chunk = math.ceil(rows / chunks)
     flat = x.reshape((rows,) + x.shape[axis_rows:])
     flat = jnp.pad(flat, [(0, chunks * per_chunk - rows)] + [(0, 0)] * (flat.ndim - 1))

@@ -48,6 +48,10 @@ class InferenceState:
     tracked: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = dataclasses.field(
         default_factory=dict
     )
+    # The most recently encoded frame's image features, {frame_idx: ImageFeatures} (device), as
+    # the reference's `cached_features`: prompting a frame and then propagating from it encodes
+    # it once.
+    cached_features: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
@@ -134,7 +138,12 @@ class Sam2VideoPredictor:
             raise RuntimeError("prompts after propagation are not supported; call reset_state")
 
     def _frame_features(self, state: InferenceState, frame_idx: int):
-        return self._jit_features(self._params, jnp.asarray(state.images[frame_idx][None]))
+        feats = state.cached_features.get(frame_idx)
+        if feats is None:
+            feats = self._jit_features(self._params, jnp.asarray(state.images[frame_idx][None]))
+            state.cached_features.clear()
+            state.cached_features[frame_idx] = feats
+        return feats
 
     # ------------------------------------------------------------------ prompts
     def add_new_mask(self, state: InferenceState, frame_idx: int, obj_id, mask):
@@ -285,9 +294,25 @@ class Sam2VideoPredictor:
         bank, cond = self._initial_bank(state, start_frame_idx, reverse)
         obj_video = jnp.zeros((len(state.obj_ids),), jnp.int32)
         size = (state.video_height, state.video_width)
-        k = min(self.chunk_size, len(order))
-        for lo in range(0, len(order), k):
-            idx = order[lo : lo + k]
+        # A frame every object is prompted on needs no tracking: its output is the prompt's and
+        # it writes no tracked memory (as the reference, which skips inference on consolidated
+        # conditioning frames). Those frames are yielded in order without entering the scan.
+        prompted = {f for f in order if all(f in cond_i for cond_i in state.cond)}
+        to_track = [f for f in order if f not in prompted]
+        done = 0  # frames of `order` yielded so far
+
+        def emit_through(stop: int, chunk: dict):
+            nonlocal done
+            for frame_idx in order[done:stop]:
+                masks = chunk.get(frame_idx)
+                if masks is None:  # a prompted frame: its prompt's output
+                    masks = self._frame_masks(state, frame_idx)
+                yield frame_idx, list(state.obj_ids), masks
+            done = max(done, stop)
+
+        k = min(self.chunk_size, len(to_track))
+        for lo in range(0, len(to_track), max(k, 1)):
+            idx = to_track[lo : lo + k]
             pad = k - len(idx)
             frames = np.zeros((k, 1) + state.images.shape[1:], np.uint8)
             frames[: len(idx), 0] = state.images[idx]
@@ -306,7 +331,10 @@ class Sam2VideoPredictor:
                 reverse=reverse,
             )
             out = jax.device_get(out)
+            chunk = {}
             for i, frame_idx in enumerate(idx):
                 if out.tracked[i].any():
                     state.tracked[frame_idx] = (out.mem_feats[i], out.obj_ptr[i], out.tracked[i])
-                yield frame_idx, list(state.obj_ids), out.video_res_masks[i]
+                chunk[frame_idx] = out.video_res_masks[i]
+            yield from emit_through(order.index(idx[-1]) + 1, chunk)
+        yield from emit_through(len(order), {})
