@@ -89,6 +89,14 @@ def window_unpartition(
     return x[:, : hw[0], : hw[1]]
 
 
+def pooled_windows(
+    window: int, padded_hw: tuple[int, int], stride: tuple[int, int]
+) -> tuple[int, tuple[int, int]]:
+    """Window size and window-grid extent after max-pooling each window by `stride` (floor)."""
+    pooled = window // stride[0]
+    return pooled, (padded_hw[0] // window * pooled, padded_hw[1] // window * pooled)
+
+
 def max_pool(x: Float[Array, "b h w *c"], stride: tuple[int, int]) -> Float[Array, "b h w *c"]:
     """`nn.MaxPool2d(kernel_size=stride, stride=stride, ceil_mode=False)` over axes 1 and 2."""
     sh, sw = stride
@@ -111,11 +119,12 @@ class PatchEmbed(nnx.Module):
         )
 
     def __call__(self, x: Float[Array, "b h w c"]) -> Float[Array, "b h/4 w/4 d"]:
-        """The conv as matmuls over space-to-depth cells.
+        """The conv as one matmul over space-to-depth cells, then a shifted sum.
 
         Cut the padded image into stride-sized cells (4x4x3 = 48 values). Output pixel i reads
-        padded pixels 4i .. 4i+6, i.e. cells i and i+1: with the kernel zero-padded to 8x8 the
-        conv is the sum of 2x2 matmuls [cells, 48] @ [48, d] over shifted cell maps.
+        padded pixels 4i .. 4i+6, i.e. cells i and i+1: with the kernel zero-padded to 8x8, the
+        conv is the sum over the 2x2 taps (a, d) of cell (i+a, j+d) @ kernel[a, d]. All taps of
+        all cells come from one [cells, 48] @ [48, 4d] matmul.
 
         DEVIATION(sam2): same math, different summation order. XLA:CPU runs the 3-channel 7x7
         conv at a fifth of its matmul speed.
@@ -130,14 +139,15 @@ class PatchEmbed(nnx.Module):
         x = jnp.pad(x, ((0, 0), (pt, ch * sh - h - pt), (pl, cw * sw - w - pl), (0, 0)))
         cells = einops.rearrange(x, "b (i p) (j q) c -> b i j (p q c)", p=sh, q=sw)
         dtype = conv.dtype or x.dtype
-        cells = cells.astype(dtype)
         kernel = jnp.pad(conv.kernel[...], ((0, nh * sh - kh), (0, nw * sw - kw), (0, 0), (0, 0)))
-        kernel = einops.rearrange(kernel, "(a p) (d q) c o -> a d (p q c) o", p=sh, q=sw)
-        kernel = kernel.astype(dtype)
+        kernel = einops.rearrange(kernel, "(a p) (d q) c o -> (p q c) (a d o)", p=sh, q=sw)
+        # Every cell times every 2x2 tap at once, then each output sums its shifted taps.
+        taps = cells.astype(dtype) @ kernel.astype(dtype)  # [b, ch, cw, nh * nw * d]
+        taps = einops.rearrange(taps, "b i j (a d o) -> a d b i j o", a=nh, d=nw)
         out = conv.bias[...].astype(dtype)
         for a in range(nh):
             for d in range(nw):
-                out = out + cells[:, a : a + oh, d : d + ow] @ kernel[a, d]
+                out = out + taps[a, d, :, a : a + oh, d : d + ow]
         return out
 
 
@@ -162,16 +172,40 @@ class MultiScaleAttention(nnx.Module):
 
     def __call__(self, x: Float[Array, "b h w d"]) -> Float[Array, "b h2 w2 d2"]:
         """Attend over all h*w tokens of each map (window); with q_stride the output is pooled."""
+        return self.proj(self.attend_qkv(self.qkv(x)))
+
+    def attend_qkv(self, qkv: Float[Array, "b h w 3d2"]) -> Float[Array, "b h2 w2 d2"]:
+        """Attention of projected q/k/v maps, before the output projection."""
         # torch reshapes qkv to (B, HW, 3, heads, -1): channels are ordered (qkv, head, head_dim).
-        q, k, v = einops.rearrange(
-            self.qkv(x), "b h w (t n k) -> t b h w n k", t=3, n=self.num_heads
-        )
+        q, k, v = einops.rearrange(qkv, "b h w (t n k) -> t b h w n k", t=3, n=self.num_heads)
         if self.q_stride is not None:
             q = max_pool(q, self.q_stride)
         h, w = q.shape[1:3]
         q, k, v = (einops.rearrange(a, "b h w n k -> b n (h w) k") for a in (q, k, v))
         out = attend(q, k, v)
-        return self.proj(einops.rearrange(out, "b n (h w) k -> b h w (n k)", h=h, w=w))
+        return einops.rearrange(out, "b n (h w) k -> b h w (n k)", h=h, w=w)
+
+    def windowed(self, x: Float[Array, "b h w d"], window: int) -> Float[Array, "b h2 w2 d2"]:
+        """Attention within `window` x `window` windows of a map zero-padded to whole windows.
+
+        Equals `window_partition` -> `self` -> `window_unpartition`, but projects only the real
+        tokens: a padded token is zero after the norm, so its q/k/v are the qkv bias and its
+        output is cropped away (a third of Hiera's stage-3 windows at 512 px are padding).
+        """
+        b, h, w, _ = x.shape
+        qkv = self.qkv(x)
+        pad_h, pad_w = -h % window, -w % window
+        if pad_h or pad_w:
+            bias = self.qkv.bias[...].astype(qkv.dtype)
+            qkv = jnp.concatenate([qkv, jnp.broadcast_to(bias, (b, h, pad_w, bias.size))], 2)
+            qkv = jnp.concatenate([qkv, jnp.broadcast_to(bias, (b, pad_h) + qkv.shape[2:])], 1)
+        windows, padded_hw = window_partition(qkv, window)
+        # Windows are independent: attend a few at a time so q/k/v stay in cache.
+        out = in_row_chunks(self.attend_qkv, windows, max_bytes=_CHUNK_BYTES)
+        if self.q_stride is not None:
+            window, padded_hw = pooled_windows(window, padded_hw, self.q_stride)
+            h, w = h // self.q_stride[0], w // self.q_stride[1]
+        return self.proj(window_unpartition(out, window, padded_hw, (h, w)))
 
 
 class MultiScaleBlock(nnx.Module):
@@ -218,20 +252,17 @@ class MultiScaleBlock(nnx.Module):
             if self.q_stride is not None:
                 shortcut = max_pool(shortcut, self.q_stride)
         window = self.window_size
-        if window > 0:
-            # Padded positions are zeros after the norm; like torch, they stay unmasked keys.
+        if window > 0 and (x.shape[1] % window or x.shape[2] % window):
+            x = self.attn.windowed(x, window)
+        elif window > 0:
             x, padded_hw = window_partition(x, window)
             # Windows are independent: attend a few at a time so q/k/v stay in cache.
             x = in_row_chunks(self.attn, x, max_bytes=_CHUNK_BYTES)
+            if self.q_stride is not None:
+                window, padded_hw = pooled_windows(window, padded_hw, self.q_stride)
+            x = window_unpartition(x, window, padded_hw, shortcut.shape[1:3])
         else:
             x = self.attn(x)
-        if window > 0:
-            if self.q_stride is not None:
-                # Windows shrank with q; re-derive the padding for the pooled map.
-                window //= self.q_stride[0]
-                h, w = shortcut.shape[1:3]
-                padded_hw = (h + -h % window, w + -w % window)
-            x = window_unpartition(x, window, padded_hw, shortcut.shape[1:3])
         x = shortcut + x
         tokens = einops.rearrange(x, "b h w d -> (b h w) d")
         tokens = in_row_chunks(lambda t: t + self.mlp(self.norm2(t)), tokens,
