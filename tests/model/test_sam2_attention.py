@@ -72,3 +72,15 @@ def test_big_inputs_take_the_flash_path(monkeypatch):
     q, k, v, valid = inputs()
     A.attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(valid))
     assert calls
+
+
+@pytest.mark.parametrize("flash", [False, True])
+def test_masked_keys_with_huge_logits_get_no_weight(small_limits, monkeypatch, flash):
+    """The -1e30 key bias dominates any real logit: a masked key scoring 1e6 above the valid
+    ones changes nothing (a mask applied after the row max would underflow every valid key)."""
+    monkeypatch.setattr(A, "_FLASH", flash)
+    q, k, v, valid = inputs()
+    valid[1] = True
+    k[:, :, ~valid[0]] *= 1e4
+    got = A.attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(valid))
+    np.testing.assert_allclose(got, reference(q, k, v, valid), atol=2e-6, rtol=1e-5)

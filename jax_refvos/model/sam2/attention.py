@@ -60,30 +60,50 @@ def over_query_blocks(
 def _scores(
     q: Float[Array, "b n s k"], k: Float[Array, "b n m k"], kv_valid: Bool[Array, "b m"] | None
 ) -> Float[Array, "b n s m"]:
-    """exp(q kᵀ / √k - row max) in float32, exactly 0 for masked keys (unnormalised softmax)."""
+    """exp(q kᵀ / √k - row max) in float32, exactly 0 for masked keys (unnormalised softmax).
+
+    Masking costs O(m), not O(s·m): q gets a column of ones and k a column that is 0 for valid
+    keys and -1e30 for masked ones, so the matmul itself adds the mask (adding 0 leaves valid
+    logits bit-identical) and exp() of a masked logit underflows to exactly 0 whenever the row
+    has a valid key. Rows without any are zeroed by `_mix`, which drops masked values.
+    """
     # Scale q rather than the logits: s*k multiplies instead of s*m, and XLA:CPU otherwise
     # materialises the broadcast scale when several attentions share its shape.
     q = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+    if kv_valid is not None:
+        q, k = _with_key_bias(q, k, kv_valid)
     logits = jnp.einsum("bnsk,bnmk->bnsm", q, k).astype(jnp.float32)
+    return jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+
+
+def _with_key_bias(q, k, kv_valid):
+    """(q | 1, k | bias) with bias 0 on valid keys and -1e30 on masked ones."""
+    ones = jnp.ones(q.shape[:-1] + (1,), q.dtype)
+    bias = jnp.where(kv_valid, 0.0, -1e30).astype(k.dtype)[:, None, :, None]
+    bias = jnp.broadcast_to(bias, k.shape[:-1] + (1,))
+    return jnp.concatenate([q, ones], -1), jnp.concatenate([k, bias], -1)
+
+
+def _valid_values(v: jax.Array, kv_valid: Bool[Array, "b m"] | None) -> jax.Array:
+    """v with masked keys' rows zeroed (v is [b, n, m, c] or [b, m, c])."""
     if kv_valid is None:
-        return jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
-    # A finite fill keeps the row max finite (an isfinite() fix-up of the max would break XLA's
-    # fusion of max, exp and the value matmul); masked scores are then zeroed explicitly, which
-    # also makes a row without any valid key all zeros.
-    valid = kv_valid[:, None, None, :]
-    logits = jnp.where(valid, logits, -1e30)
-    scores = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
-    return jnp.where(valid, scores, 0.0)
+        return v
+    mask = kv_valid[:, None, :, None] if v.ndim == 4 else kv_valid[:, :, None]
+    return jnp.where(mask, v, 0)
 
 
-def _mix(scores: Float[Array, "b n s m"], v: jax.Array, spec: str) -> Float[Array, "b n s c"]:
-    """Σ_m scores·v / Σ_m scores. The row sums come out of the same matmul (a ones column).
+def _mix(
+    scores: Float[Array, "b n s m"], v: jax.Array, spec: str, kv_valid=None
+) -> Float[Array, "b n s c"]:
+    """Σ_m scores·v / Σ_m scores over valid keys. The row sums come out of the same matmul (a
+    ones column, zero on masked keys like their values: a row with no valid key gives 0).
 
     DEVIATION(sam2): softmax is normalised after the value product (same math). XLA:CPU runs
     softmax-then-matmul over SAM2's 1024 x 7232 memory logits 2-3x slower than this.
     """
     ones = jnp.ones(v.shape[:-1] + (1,), v.dtype)
-    out = jnp.einsum(spec, scores.astype(v.dtype), jnp.concatenate([v, ones], -1))
+    v1 = _valid_values(jnp.concatenate([v, ones], -1), kv_valid)
+    out = jnp.einsum(spec, scores.astype(v.dtype), v1)
     total = out[..., -1:]
     return out[..., :-1] / jnp.where(total > 0, total, 1).astype(out.dtype)
 
@@ -98,24 +118,24 @@ def _flash_rows(q, k, v, kv_valid, spec: str, k_block: int):
     m = k.shape[2]
     pad = -m % k_block
     valid = jnp.ones((b, m), bool) if kv_valid is None else kv_valid
-    k = jnp.pad(k, ((0, 0), (0, 0), (0, pad), (0, 0)))
-    v = jnp.pad(v, [(0, 0)] * (v.ndim - 2) + [(0, pad), (0, 0)])
     valid = jnp.pad(valid, ((0, 0), (0, pad)))
+    k = jnp.pad(k, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    v = _valid_values(jnp.pad(v, [(0, 0)] * (v.ndim - 2) + [(0, pad), (0, 0)]), valid)
+    # Masked keys as in `_scores`: a -1e30 bias column in the matmul. A block before the first
+    # valid key adds exp(0) to `total`; the correction exp(-1e30 - max) then clears it.
+    q = q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)
+    q, k = _with_key_bias(q, k, valid)
     blocks = (m + pad) // k_block
     kb = einops.rearrange(k, "b n (c m) d -> c b n m d", c=blocks)
     vb = v.reshape(v.shape[:-2] + (blocks, k_block, v.shape[-1]))
     vb = jnp.moveaxis(vb, -3, 0)
-    validb = einops.rearrange(valid, "b (c m) -> c b m", c=blocks)
-    scale = 1.0 / math.sqrt(d)
 
     def step(carry, xs):
         top, total, acc = carry
-        kc, vc, ok = xs
-        sc = jnp.einsum("bnsd,bnmd->bnsm", q, kc).astype(jnp.float32) * scale
-        ok = ok[:, None, None, :]
-        sc = jnp.where(ok, sc, -1e30)
+        kc, vc = xs
+        sc = jnp.einsum("bnsd,bnmd->bnsm", q, kc).astype(jnp.float32)
         new_top = jnp.maximum(top, sc.max(-1))
-        p = jnp.where(ok, jnp.exp(sc - new_top[..., None]), 0.0)
+        p = jnp.exp(sc - new_top[..., None])
         corr = jnp.exp(top - new_top)
         total = total * corr + p.sum(-1)
         acc = acc * corr[..., None] + jnp.einsum(spec, p.astype(vc.dtype), vc)
@@ -127,7 +147,7 @@ def _flash_rows(q, k, v, kv_valid, spec: str, k_block: int):
         jnp.zeros((b, n, s), jnp.float32),
         jnp.zeros((b, n, s, c), jnp.float32),
     )
-    (_, total, acc), _ = jax.lax.scan(step, init, (kb, vb, validb))
+    (_, total, acc), _ = jax.lax.scan(step, init, (kb, vb))
     return (acc / jnp.where(total > 0, total, 1.0)[..., None]).astype(v.dtype)
 
 
@@ -138,6 +158,8 @@ def attention_weights(
 ) -> Float[Array, "b n s m"]:
     """softmax(q kᵀ / √k) in float32; masked keys get zero weight (rows with none: zero)."""
     scores = _scores(q, k, kv_valid)
+    if kv_valid is not None:  # rows without a valid key
+        scores = jnp.where(kv_valid[:, None, None, :], scores, 0.0)
     total = scores.sum(-1, keepdims=True)
     return scores / jnp.where(total > 0, total, 1.0)
 
@@ -155,7 +177,7 @@ def attend(
         return over_query_blocks(rows, q, k.shape[2], block=_FLASH_Q_BLOCK)
 
     def rows(q):
-        return _mix(_scores(q, k, kv_valid), v, "bnsm,bnmc->bnsc")
+        return _mix(_scores(q, k, kv_valid), v, "bnsm,bnmc->bnsc", kv_valid)
 
     return over_query_blocks(rows, q, k.shape[2])
 
@@ -183,7 +205,7 @@ def attend_shared_values(
         if flash:
             mixed = _flash_rows(q, k, v_in, kv_valid, "bnsm,bmc->bnsc", _FLASH_K_BLOCK)
         else:
-            mixed = _mix(_scores(q, k, kv_valid), v_in, "bnsm,bmc->bnsc")
+            mixed = _mix(_scores(q, k, kv_valid), v_in, "bnsm,bmc->bnsc", kv_valid)
         out = jnp.einsum("bnse,enk->bnsk", mixed, kernel)
         if v_proj.bias is None:
             return out
