@@ -24,6 +24,7 @@ def reference(q, k, v, valid):
 def small_limits(monkeypatch):
     """Make 'big' tiny so the blocked and flash paths run on small inputs."""
     monkeypatch.setattr(A, "_MAX_LOGIT_BYTES", 4 * 1024)
+    monkeypatch.setattr(A, "_FLASH_MIN_BYTES", 4 * 1024)
     monkeypatch.setattr(A, "_BLOCK_BYTES", 1024)
     monkeypatch.setattr(A, "_FLASH_Q_BLOCK", 7)
     monkeypatch.setattr(A, "_FLASH_K_BLOCK", 5)
@@ -39,9 +40,13 @@ def inputs(b=2, n=3, s=13, m=23, k=8, seed=0):
     return q, kk, v, valid
 
 
-@pytest.mark.parametrize("flash", [False, True])
+@pytest.mark.parametrize("flash", [False, True, "tiles"])
 def test_attend_paths_equal_reference(small_limits, monkeypatch, flash):
-    monkeypatch.setattr(A, "_FLASH", flash)
+    monkeypatch.setattr(A, "_FLASH", bool(flash))
+    if flash == "tiles":  # query rows per block derived from the tile size (2 blocks here)
+        monkeypatch.setattr(A, "_FLASH_Q_BLOCK", None)
+        monkeypatch.setattr(A, "_FLASH_TILE_BYTES", 2 * 3 * 5 * 5 * 4)
+        assert A._flash_q_block(jnp.zeros((2, 3, 13, 8))) == 8
     q, k, v, valid = inputs()
     got = A.attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(valid))
     np.testing.assert_allclose(got, reference(q, k, v, valid), atol=2e-6, rtol=1e-5)
@@ -67,7 +72,7 @@ def test_big_inputs_take_the_flash_path(monkeypatch):
     calls = []
     orig = A._flash_rows
     monkeypatch.setattr(A, "_flash_rows", lambda *a: calls.append(1) or orig(*a))
-    monkeypatch.setattr(A, "_MAX_LOGIT_BYTES", 4 * 1024)
+    monkeypatch.setattr(A, "_FLASH_MIN_BYTES", 4 * 1024)
     monkeypatch.setattr(A, "_FLASH_MIN_KEYS", 8)
     q, k, v, valid = inputs()
     A.attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(valid))

@@ -18,20 +18,32 @@ from jaxtyping import Array, Bool, Float
 # holding about `_BLOCK_BYTES` of logits: at 1024 px SAM2's memory attention would otherwise
 # materialise 4096 x 28672 float32 logits (470 MB) per layer and run at memory speed.
 _MAX_LOGIT_BYTES = 64 * 2**20
-_BLOCK_BYTES = 8 * 2**20
-# Beyond that size, attention is online-softmax over key blocks (see `_flash_rows`).
+_BLOCK_BYTES = 16 * 2**20
+# With at least `_FLASH_MIN_KEYS` keys and `_FLASH_MIN_BYTES` of logits, attention is
+# online-softmax over key blocks (see `_flash_rows`) on [query rows, `_FLASH_K_BLOCK`] tiles of
+# about `_FLASH_TILE_BYTES` (all heads). Measured on a 2-core CPU (docs/benchmarks.md): 10-25%
+# faster than one-shot softmax for Hiera's global attention and SAM2's memory attention at
+# 512 and 1024 px; tiles of 16 MB fall off the cache.
 _FLASH = True
-_FLASH_Q_BLOCK = 256
-_FLASH_K_BLOCK = 2048
-
-
-_FLASH_MIN_KEYS = 8192  # measured: Hiera's 4096-key global attention is faster without
+_FLASH_MIN_KEYS = 1024
+_FLASH_MIN_BYTES = 4 * 2**20
+_FLASH_TILE_BYTES = 8 * 2**20
+_FLASH_K_BLOCK = 512
+_FLASH_Q_BLOCK: int | None = None  # rows per query block; None: from `_FLASH_TILE_BYTES`
 
 
 def _use_flash(q: jax.Array, k: jax.Array) -> bool:
     b, n, s = q.shape[:3]
     m = k.shape[2]
-    return _FLASH and m >= _FLASH_MIN_KEYS and b * n * s * m * 4 > _MAX_LOGIT_BYTES
+    return _FLASH and m >= _FLASH_MIN_KEYS and b * n * s * m * 4 > _FLASH_MIN_BYTES
+
+
+def _flash_q_block(q: jax.Array) -> int:
+    """Query rows per flash block: a [b, n, rows, k_block] float32 tile of ~_FLASH_TILE_BYTES."""
+    if _FLASH_Q_BLOCK is not None:
+        return _FLASH_Q_BLOCK
+    b, n = q.shape[:2]
+    return max(8, _FLASH_TILE_BYTES // (b * n * _FLASH_K_BLOCK * 4))
 
 
 def over_query_blocks(
@@ -46,9 +58,12 @@ def over_query_blocks(
     involves only its own row.
     """
     b, n, s = q.shape[:3]
-    if b * n * s * m * 4 <= _MAX_LOGIT_BYTES:
+    if block is None:
+        if b * n * s * m * 4 <= _MAX_LOGIT_BYTES:
+            return fn(q)
+        block = max(8, _BLOCK_BYTES // (b * n * m * 4))
+    if s <= block:
         return fn(q)
-    block = block or max(8, _BLOCK_BYTES // (b * n * m * 4))
     blocks = math.ceil(s / block)
     block = math.ceil(s / blocks)
     q = jnp.pad(q, ((0, 0), (0, 0), (0, blocks * block - s), (0, 0)))
@@ -174,7 +189,7 @@ def attend(
 
     if _use_flash(q, k):
         rows = lambda q: _flash_rows(q, k, v, kv_valid, "bnsm,bnmc->bnsc", _FLASH_K_BLOCK)
-        return over_query_blocks(rows, q, k.shape[2], block=_FLASH_Q_BLOCK)
+        return over_query_blocks(rows, q, k.shape[2], block=_flash_q_block(q))
 
     def rows(q):
         return _mix(_scores(q, k, kv_valid), v, "bnsm,bnmc->bnsc", kv_valid)
@@ -215,7 +230,7 @@ def attend_shared_values(
         any_valid = jnp.any(kv_valid, -1)[:, None, None, None].astype(out.dtype)
         return out + any_valid * bias[None, :, None, :]
 
-    return over_query_blocks(rows, q, k.shape[2], block=_FLASH_Q_BLOCK if flash else None)
+    return over_query_blocks(rows, q, k.shape[2], block=_flash_q_block(q) if flash else None)
 
 
 class Attention(nnx.Module):

@@ -119,36 +119,7 @@ class PatchEmbed(nnx.Module):
         )
 
     def __call__(self, x: Float[Array, "b h w c"]) -> Float[Array, "b h/4 w/4 d"]:
-        """The conv as one matmul over space-to-depth cells, then a shifted sum.
-
-        Cut the padded image into stride-sized cells (4x4x3 = 48 values). Output pixel i reads
-        padded pixels 4i .. 4i+6, i.e. cells i and i+1: with the kernel zero-padded to 8x8, the
-        conv is the sum over the 2x2 taps (a, d) of cell (i+a, j+d) @ kernel[a, d]. All taps of
-        all cells come from one [cells, 48] @ [48, 4d] matmul.
-
-        DEVIATION(sam2): same math, different summation order. XLA:CPU runs the 3-channel 7x7
-        conv at a fifth of its matmul speed.
-        """
-        conv = self.proj
-        (kh, kw), (sh, sw) = conv.kernel_size, conv.strides
-        (pt, pb), (pl, pr) = conv.padding
-        _, h, w, _ = x.shape
-        oh, ow = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-        nh, nw = -(-kh // sh), -(-kw // sw)  # cells a kernel spans
-        ch, cw = oh + nh - 1, ow + nw - 1  # cells needed
-        x = jnp.pad(x, ((0, 0), (pt, ch * sh - h - pt), (pl, cw * sw - w - pl), (0, 0)))
-        cells = einops.rearrange(x, "b (i p) (j q) c -> b i j (p q c)", p=sh, q=sw)
-        dtype = conv.dtype or x.dtype
-        kernel = jnp.pad(conv.kernel[...], ((0, nh * sh - kh), (0, nw * sw - kw), (0, 0), (0, 0)))
-        kernel = einops.rearrange(kernel, "(a p) (d q) c o -> (p q c) (a d o)", p=sh, q=sw)
-        # Every cell times every 2x2 tap at once, then each output sums its shifted taps.
-        taps = cells.astype(dtype) @ kernel.astype(dtype)  # [b, ch, cw, nh * nw * d]
-        taps = einops.rearrange(taps, "b i j (a d o) -> a d b i j o", a=nh, d=nw)
-        out = conv.bias[...].astype(dtype)
-        for a in range(nh):
-            for d in range(nw):
-                out = out + taps[a, d, :, a : a + oh, d : d + ow]
-        return out
+        return self.proj(x)
 
 
 class MultiScaleAttention(nnx.Module):
@@ -340,7 +311,9 @@ class Hiera(nnx.Module):
         resize_h = bicubic_matrix(bkg.shape[1], h)
         resize_w = bicubic_matrix(bkg.shape[2], w)
         # HIGHEST: default f32 matmuls on TPU (bf16 passes) or GPU (tf32) would round the params.
-        pos = jnp.einsum("hi,wj,bijd->bhwd", resize_h, resize_w, bkg, precision="highest")
+        # Contract w first, then h: two small matmuls instead of one [h*w, i*j] product.
+        pos = jnp.einsum("wj,bijd->biwd", resize_w, bkg, precision="highest")
+        pos = jnp.einsum("hi,biwd->bhwd", resize_h, pos, precision="highest")
         return pos + jnp.tile(self.pos_embed_window[...], (1, h // win, w // win, 1))
 
     def __call__(self, images: Float[Array, "b H W c"]) -> list[Float[Array, "b h w d"]]:

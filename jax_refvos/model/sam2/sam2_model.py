@@ -15,7 +15,7 @@ from jaxtyping import Array, Float, Int
 
 from jax_refvos.model.sam2 import memory_bank as mb
 from jax_refvos.model.sam2.config import Sam2Config
-from jax_refvos.model.sam2.image_encoder import ImageEncoder
+from jax_refvos.model.sam2.image_encoder import ImageEncoder, fold_1x1
 from jax_refvos.model.sam2.layers import MLP
 from jax_refvos.model.sam2.mask_decoder import MaskDecoder
 from jax_refvos.model.sam2.memory_attention import MemoryAttention
@@ -98,11 +98,20 @@ class Sam2Model(nnx.Module):
     # ----------------------------------------------------------------- image features
     def forward_image(self, images: Float[Array, "b H W 3"]) -> ImageFeatures:
         """ImageNet-normalised frames at `image_size` -> the three feature levels SAM2 uses."""
-        out = self.image_encoder(images)
+        trunk, out = self.image_encoder.encode(images)
         fpn = list(out.backbone_fpn[-3:])
         if self.cfg.mask_decoder.use_high_res_features:
-            fpn[0] = self.sam_mask_decoder.conv_s0(fpn[0])
-            fpn[1] = self.sam_mask_decoder.conv_s1(fpn[1])
+            neck = self.image_encoder.neck
+            first = len(out.backbone_fpn) - 3
+            for j, conv in enumerate(
+                (self.sam_mask_decoder.conv_s0, self.sam_mask_decoder.conv_s1)
+            ):
+                level = first + j
+                if level in neck.fpn_top_down_levels:
+                    fpn[j] = conv(fpn[j])
+                else:  # a lateral-only level: fold its 1x1 conv into conv_s0 / conv_s1
+                    lateral = neck.convs[len(neck.convs) - 1 - level].conv
+                    fpn[j] = fold_1x1(lateral, conv, trunk[level])
         return ImageFeatures(high_res=(fpn[0], fpn[1]), pix=fpn[2], pos=out.vision_pos_enc[-1])
 
     # ----------------------------------------------------------------- SAM heads
