@@ -1,0 +1,60 @@
+"""sharding.py: mesh construction, logical -> mesh specs, and the activation helper."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from jax_refvos import sharding
+
+
+def test_logical_to_pspec_uses_the_table_and_rejects_unknown_names():
+    assert sharding.logical_to_pspec(("batch", None, "embed")) == P(("data", "fsdp"), None, None)
+    assert sharding.logical_to_pspec(("embed", "mlp"), sharding.PARAM_RULES) == P("fsdp", "model")
+    with pytest.raises(KeyError):
+        sharding.logical_to_pspec(("embd",))
+
+
+def test_overrides_change_one_rule_and_reject_typos():
+    rules = sharding.with_overrides(sharding.PARAM_RULES, {"mlp": None})
+    assert dict(rules)["mlp"] is None and dict(rules)["embed"] == "fsdp"
+    with pytest.raises(KeyError):
+        sharding.with_overrides(sharding.PARAM_RULES, {"mpl": None})
+
+
+def test_mesh_sizes_and_errors():
+    mesh = sharding.make_mesh({"data": -1})
+    assert mesh.axis_names == sharding.MESH_AXES and mesh.devices.size == jax.device_count()
+    with pytest.raises(ValueError, match="at most one"):
+        sharding.make_mesh({"data": -1, "fsdp": -1})
+    with pytest.raises(ValueError, match="unknown mesh axes"):
+        sharding.make_mesh({"tensor": 1})
+
+
+def test_shard_is_a_noop_outside_a_mesh():
+    x = jnp.ones((2, 3))
+    assert sharding.shard(x, "batch", "embed") is x
+    with pytest.raises(ValueError, match="rank"):
+        sharding.shard(x, "batch")
+
+
+def test_shard_on_eight_fake_devices():
+    code = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp
+        from jax_refvos import sharding
+        mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "model": 2})
+        with jax.set_mesh(mesh):
+            y = jax.jit(lambda x: sharding.shard(x * 2, "batch", "mlp"))(jnp.ones((8, 4)))
+        print(tuple(y.sharding.spec))
+        """
+    )
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, **env}, check=True)  # fmt: skip
+    assert out.stdout.strip() == "(('data', 'fsdp'), 'model')"
