@@ -76,8 +76,8 @@ def make_mesh(axes: Mapping[str, int] | None = None, devices=None) -> jax.shardi
             raise ValueError(f"{len(devices)} devices do not divide into {axes}")
         sizes[sizes.index(-1)] = len(devices) // rest
     if math.prod(sizes) != len(devices):
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                         f"have {len(devices)}")  # fmt: skip
+        shape = dict(zip(MESH_AXES, sizes, strict=True))
+        raise ValueError(f"mesh {shape} needs {math.prod(sizes)} devices, have {len(devices)}")
     return jax.make_mesh(
         tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
     )
@@ -99,5 +99,8 @@ def shard(x: jax.Array, *axes: str | None, rules: Rules = ACT_RULES) -> jax.Arra
     return jax.lax.with_sharding_constraint(x, logical_to_pspec(axes, rules))
 
 
-def named_sharding(mesh: jax.sharding.Mesh, axes: Sequence[str | None], rules: Rules) -> NamedSharding:
+def named_sharding(
+    mesh: jax.sharding.Mesh, axes: Sequence[str | None], rules: Rules
+) -> NamedSharding:
+    """NamedSharding of logical `axes` on `mesh` under `rules`."""
     return NamedSharding(mesh, logical_to_pspec(axes, rules))
