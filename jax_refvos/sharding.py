@@ -104,3 +104,13 @@ def named_sharding(
 ) -> NamedSharding:
     """NamedSharding of logical `axes` on `mesh` under `rules`."""
     return NamedSharding(mesh, logical_to_pspec(axes, rules))
+
+
+def place_state(model, mesh: jax.sharding.Mesh, rules: Rules = PARAM_RULES) -> None:
+    """Move a model's variables onto `mesh` with the shardings of their logical axes, in place."""
+    from flax import nnx
+
+    state = nnx.state(model)
+    with nnx.logical_axis_rules(rules):
+        shardings = nnx.get_named_sharding(state, mesh)
+    nnx.update(model, jax.device_put(state, shardings))

@@ -7,6 +7,7 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -58,3 +59,16 @@ def test_shard_on_eight_fake_devices():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, **env}, check=True)  # fmt: skip
     assert out.stdout.strip() == "(('data', 'fsdp'), 'model')"
+
+
+def test_models_build_without_a_mesh_and_place_onto_one():
+    from flax import nnx
+
+    init = nnx.initializers.lecun_normal()
+    lin = nnx.Linear(8, 4, kernel_init=nnx.with_partitioning(init, ("embed", "mlp")),
+                     rngs=nnx.Rngs(0))  # fmt: skip
+    before = np.asarray(lin.kernel[...])
+    mesh = sharding.make_mesh({"fsdp": 4, "model": 2})
+    sharding.place_state(lin, mesh)
+    assert tuple(lin.kernel[...].sharding.spec) == ("fsdp", "model")
+    np.testing.assert_array_equal(np.asarray(lin.kernel[...]), before)
