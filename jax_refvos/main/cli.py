@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jax_refvos.main.convert",
         "raw benchmark split -> ArrayRecord/TFRecord shards + manifest.json",
     ),
+    "import-weights": (
+        "jax_refvos.main.import_weights",
+        "official backbone checkpoints (HF LM, VideoChat-Flash, LISA, CLIP) -> our weights dir",
+    ),
     "track": (
         "jax_refvos.main.track",
         "SAM2/SAM2.1 video object tracking from a mask, clicks or a box (official .pt weights)",
