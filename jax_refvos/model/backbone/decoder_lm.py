@@ -18,6 +18,7 @@ from jax_refvos import sharding
 from jax_refvos.model.backbone import kv_cache as kvc
 from jax_refvos.model.backbone import lora, rope
 from jax_refvos.model.backbone.kv_cache import KVCache
+from jax_refvos.model.backbone.lm_attention import attend
 from jax_refvos.model.backbone.lm_config import DecoderConfig
 
 _INIT = nnx.initializers.normal(0.02)  # HF initializer_range
@@ -83,7 +84,7 @@ class Attention(nnx.Module):
 
         Returns (out [b, l, d], the new (keys, values) [b, l, m, k] to store in the cache).
         `rngs` reaches LoRA dropout of wrapped projections."""
-        m, k = self.num_kv_heads, self.head_dim
+        k = self.head_dim
         proj = lambda layer, y: lora.call_linear(layer, y, rngs=rngs)
         q = einops.rearrange(proj(self.q_proj, x), "b l (n k) -> b l n k", k=k)
         keys = einops.rearrange(proj(self.k_proj, x), "b l (m k) -> b l m k", k=k)
@@ -93,14 +94,8 @@ class Attention(nnx.Module):
         if kv is not None:
             keys = kvc.write(kv[0], keys, index).astype(q.dtype)
             values = kvc.write(kv[1], values, index).astype(q.dtype)
-        # GQA: query head h reads kv head h // g (HF repeat_kv), grouped instead of repeated.
-        q = einops.rearrange(q, "b l (m g) k -> b l m g k", m=m)
-        logits = jnp.einsum("blmgk,bsmk->bmgls", q, keys, preferred_element_type=jnp.float32)
-        logits = logits * (k**-0.5)
-        logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
-        out = jnp.einsum("bmgls,bsmk->blmgk", probs, values)
-        return proj(self.o_proj, einops.rearrange(out, "b l m g k -> b l (m g k)")), new
+        out = attend(q, keys, values, mask, causal=kv is None)
+        return proj(self.o_proj, out), new
 
 
 class MLP(nnx.Module):
