@@ -7,21 +7,13 @@ Tolerance: max|ours - torch| <= 1e-4 * max|torch| per output, float32 compute (m
 ~1e-6); preprocessing must be bit-exact up to 1e-6.
 """
 
-import sys
-
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.parity
 
 torch = pytest.importorskip("torch")
-if "torchvision" not in sys.modules:
-    # A torchvision build that does not match torch fails at import, and transformers imports
-    # it whenever it is installed; the CLIP classes tested here do not need it.
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        sys.modules["torchvision"] = None
+# torchvision is imported for CPU torch by tests/conftest.py (see there).
 transformers = pytest.importorskip("transformers")
 
 import jax.numpy as jnp  # noqa: E402

@@ -8,19 +8,11 @@ hidden state; bf16 checkpoints are compared with the torch model holding the sam
 weights run in f32, so the tolerance stays the same.
 """
 
-import sys
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-if "torchvision" not in sys.modules:
-    # A torchvision build that does not match CPU torch fails at import, and transformers imports
-    # it whenever it is installed; the LM classes tested here do not need it.
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        sys.modules["torchvision"] = None
+# torchvision is imported for CPU torch by tests/conftest.py (see there).
 transformers = pytest.importorskip("transformers")
 
 import jax.numpy as jnp  # noqa: E402
