@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from shared_paths import VIRST_FIXTURE
 
 from jax_refvos.convert import backbones, hf, weights_dir
 from jax_refvos.main import import_weights
@@ -16,7 +17,7 @@ from jax_refvos.model.backbone import lm_config
 sys.path.insert(0, str(Path(__file__).parent / "model"))
 from test_decoder_lm import hf_config, hf_state  # noqa: E402
 
-FIXTURE = Path(__file__).parents[1].parent / "shared" / "fixtures" / "virst_tiny_dev"
+FIXTURE = VIRST_FIXTURE
 
 
 def write_lm_dir(path: Path, cfg, state: dict, extra_config: dict | None = None) -> Path:

@@ -1,16 +1,16 @@
 """multimodal.py: static-shape splicing equals the reference's list concatenation."""
 
 import json
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from shared_paths import VIRST_FIXTURE
 
 from jax_refvos.model.backbone import multimodal as mm
 from jax_refvos.pipeline.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
-FIXTURE = Path(__file__).parents[2].parent / "shared" / "fixtures" / "virst_tiny_dev"
+FIXTURE = VIRST_FIXTURE
 
 
 def reference_splice(ids, labels, embeds, visual, vis_len):

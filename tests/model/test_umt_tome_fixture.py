@@ -8,20 +8,20 @@ position tables 2.4e-7 absolute).
 """
 
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from shared_paths import VIRST_FIXTURE
 
 from jax_refvos.convert import videochat_flash
 from jax_refvos.convert.torch_names import WeightMismatchError
 from jax_refvos.errors import InputError
 from jax_refvos.model.backbone import tome, umt
 
-FIXTURE = Path(__file__).parents[2].parent / "shared" / "fixtures" / "virst_tiny_dev"
+FIXTURE = VIRST_FIXTURE
 needs_fixture = pytest.mark.skipif(not FIXTURE.exists(), reason="shared VIRST fixture not present")
 
 REL_TOL = 1e-5

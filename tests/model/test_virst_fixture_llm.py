@@ -5,18 +5,18 @@ real Qwen2 tokenizer's ids; we load its weights by name and feed the same embedd
 """
 
 import json
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from shared_paths import VIRST_FIXTURE
 
 from jax_refvos.convert import hf
 from jax_refvos.model.backbone.decoder_lm import DecoderLM
 from jax_refvos.model.backbone.lm_config import DecoderConfig
 
-FIXTURE = Path(__file__).parents[2].parent / "shared" / "fixtures" / "virst_tiny_dev"
+FIXTURE = VIRST_FIXTURE
 pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="shared VIRST fixture not present")
 
 
