@@ -1,0 +1,226 @@
+"""VIRST inference propagation: SAM2 video tracking from anchor frames prompted by learned prompts.
+
+Port of `model/VIRST.py::VirstForCausalLM.video_propagate` with `model/sam2/sam2_virst.py::
+SAM2Virst.add_new_prompt` / `propagate_in_video_preflight` / `propagate_in_video`
+(AIDASLab/VIRST @ 954276f). Spec: shared/reference/virst.md §4.2, §5.2, §9.
+
+1. Every anchor is an initial conditioning frame: no memory, its learned prompt tokens as the
+   sparse prompt (`anchor_updater.anchor_prompt_outputs`; eval: multimask, best predicted IoU).
+2. Preflight: each anchor's memory is encoded from its best low-res mask, bilinearly upsampled to
+   the model size (`propagation.cond_frame_memory`). The preflight passes `is_mask_from_pts=True`
+   but VIRST leaves `binarize_mask_from_pts_for_mem_enc` False, so the mask enters the memory
+   encoder as sigmoid(logits) x 20 - 10, not binarised (the fixture's fp32
+   `prop_maskmem_features_call0` agrees). Memories are stored in bfloat16, as the predictor does.
+3. Forward tracking over all frames from frame 0 with the anchors as conditioning frames (at most
+   `max_cond_frames_in_attn` closest ones in attention, `num_maskmem` memories, object pointers of
+   past anchors and tracked frames): `propagation.propagate_chunk` over chunks of frames, the
+   memory bank carried between chunks (host loop as in `Sam2VideoPredictor`).
+4. Output per frame: the best low-res mask logits bilinearly resized to the video size
+   (align_corners False, no antialias), anchors' from their prompt output.
+
+Shapes: `t` frames, `o` objects (VIRST: one, the expression), `k` anchors (static capacity with a
+valid mask; anchors are shared by the objects), `q` prompt tokens, `S` the model input size,
+`H x W` the video size.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from jax_refvos.errors import InputError
+from jax_refvos.model import anchor_updater as au
+from jax_refvos.model.sam2 import memory_bank as mb
+from jax_refvos.model.sam2 import propagation as prop
+from jax_refvos.model.sam2.resize import resize_bilinear
+from jax_refvos.model.sam2.sam2_model import Sam2Model
+
+# frames: uint8 (or float in [0, 255]) [t, S, S, 3], or a loader `frames(indices) -> [n, S, S, 3]`.
+FrameSource = np.ndarray | Callable[[Sequence[int]], np.ndarray]
+
+
+@dataclasses.dataclass
+class AnchoredPropagation:
+    """Host outputs of `propagate_with_anchors` (frame-indexed)."""
+
+    video_res_logits: np.ndarray  # float32[t, o, H, W]
+    object_score_logits: np.ndarray  # float32[t, o]
+    obj_ptr: np.ndarray  # float32[t, o, d]
+    is_anchor: np.ndarray  # bool[t]
+    anchor_heads: au.AnchorHeads  # [o * k, ...] in (o, k) order
+
+
+def anchor_memory(
+    model: Sam2Model,
+    anchor_frames: Float[Array, "k S S 3"],
+    anchor_index: Int[Array, "k"],
+    valid: Bool[Array, "k"],
+    seg_prompts: Float[Array, "o k q d"],
+    *,
+    multimask: bool = True,
+) -> tuple[mb.MemoryBank, prop.CondFrames, au.AnchorHeads]:
+    """Anchors' heads + preflight: the initial memory bank (conditioning slot j = anchor j).
+
+    `anchor_frames` are the anchors' frames (uint8 or float in [0, 255]); rows with `valid` False
+    are computed but never used (their slots are invalid). Memory features in storage dtype.
+    """
+    o, k = seg_prompts.shape[:2]
+    if anchor_frames.shape[0] != k or anchor_index.shape != (k,) or valid.shape != (k,):
+        raise InputError(
+            f"virst_propagation.py: {anchor_frames.shape[0]} anchor frames, anchor_index "
+            f"{anchor_index.shape}, valid {valid.shape} for {k} prompted anchors"
+        )
+    feats = model.forward_image(prop.normalize_frames(anchor_frames))
+    feats = feats.expand(jnp.tile(jnp.arange(k), o))  # (o, k) order
+    heads = au.anchor_prompt_outputs(model, feats, seg_prompts, multimask=multimask)
+    mem = prop.cond_frame_memory(model, feats, heads.low_res_masks, heads.object_score_logits)
+    dims = model.memory_dims()
+    bank = mb.MemoryBank.empty(b=o, c=k, **dims)
+    frame = jnp.broadcast_to(jnp.where(valid, anchor_index, mb.NO_FRAME), (o, k))
+    bank = bank.replace(
+        cond_feats=mem.reshape(o, k, dims["s"], dims["e"]).astype(bank.cond_feats.dtype),
+        cond_ptr=heads.obj_ptr.reshape(o, k, -1),
+        cond_frame=frame.astype(jnp.int32),
+        cond_valid=jnp.broadcast_to(valid, (o, k)),
+    )
+    low = heads.low_res_masks
+    cond = prop.CondFrames(
+        frame=bank.cond_frame,
+        valid=bank.cond_valid,
+        low_res_masks=low.reshape(o, k, *low.shape[1:]),
+        object_score_logits=heads.object_score_logits.reshape(o, k),
+    )
+    return bank, cond, heads
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "multimask", "video_size"))
+def _anchor_memory_jit(graphdef, state, frames, index, valid, prompts, *, multimask, video_size):
+    model = nnx.merge(graphdef, state)
+    bank, cond, heads = anchor_memory(model, frames, index, valid, prompts, multimask=multimask)
+    return bank, cond, heads, resize_bilinear(cond.low_res_masks, video_size)
+
+
+def anchor_memory_jit(
+    model: Sam2Model, frames, index, valid, prompts, *, multimask: bool, video_size
+) -> tuple[mb.MemoryBank, prop.CondFrames, au.AnchorHeads, Float[Array, "o k 1 H W"]]:
+    """`anchor_memory` compiled once per shapes, plus the anchors' video-size mask logits."""
+    graphdef, state = nnx.split(model)
+    return _anchor_memory_jit(
+        graphdef,
+        state,
+        jnp.asarray(frames),
+        jnp.asarray(index, jnp.int32),
+        jnp.asarray(valid),
+        jnp.asarray(prompts, jnp.float32),
+        multimask=multimask,
+        video_size=tuple(video_size),
+    )
+
+
+def _load(frames: FrameSource, idx: Sequence[int]) -> np.ndarray:
+    return np.asarray(frames(list(idx)) if callable(frames) else frames[np.asarray(idx)])
+
+
+def propagate_with_anchors(
+    model: Sam2Model,
+    frames: FrameSource,
+    anchor_index: Int[np.ndarray, "k"],
+    anchor_valid: Bool[np.ndarray, "k"],
+    seg_prompts: Float[Array, "o k q d"],
+    *,
+    num_frames: int | None = None,
+    video_size: tuple[int, int],
+    multimask: bool = True,
+    chunk_size: int = 8,
+) -> AnchoredPropagation:
+    """`video_propagate`: anchors prompted with `seg_prompts`, then forward tracking from frame 0.
+
+    Args:
+        frames: the video at the model size (PIL-bicubic resized, `video_frames.load_frame`),
+            uint8 [t, S, S, 3], or a loader returning the frames of a list of indices (then pass
+            `num_frames`).
+        anchor_index, anchor_valid: video frame of anchor j and whether slot j is used (e.g.
+            `anchor_updater.eval_anchors`); valid anchors must be distinct and in [0, t).
+        seg_prompts: per object and anchor slot, the q prompt tokens (VIRST: `SegPrompter`
+            output at the anchors, `[b, q, k, 256]` transposed to `[b, k, q, 256]`).
+        video_size: (H, W) of the output logits.
+        multimask: decode anchors with multimask output (VIRST eval: True). Tracked frames follow
+            the SAM2 config (`multimask_output_for_tracking`).
+        chunk_size: frames per compiled scan call.
+
+    Returns:
+        `AnchoredPropagation`; `video_res_logits[f, i]` are object i's mask logits on frame f.
+    """
+    if num_frames is None:
+        if callable(frames):
+            raise InputError("virst_propagation.py: pass num_frames with a frame loader")
+        num_frames = len(frames)
+    n = int(num_frames)
+    index = np.asarray(anchor_index, np.int64)
+    valid = np.asarray(anchor_valid, bool)
+    anchors = index[valid].tolist()
+    if not anchors or len(set(anchors)) != len(anchors) or min(anchors) < 0 or max(anchors) >= n:
+        raise InputError(
+            f"virst_propagation.py: need distinct valid anchors in [0, {n}), got {anchors}"
+        )
+    o, k = seg_prompts.shape[:2]
+    bank, cond, heads, anchor_video = anchor_memory_jit(
+        model,
+        _load(frames, np.where(valid, index, 0).tolist()),
+        index,
+        valid,
+        seg_prompts,
+        multimask=multimask,
+        video_size=video_size,
+    )
+    heads, anchor_video = jax.device_get((heads, anchor_video))
+    d = heads.obj_ptr.shape[-1]
+    logits = np.zeros((n, o, *video_size), np.float32)
+    scores = np.zeros((n, o), np.float32)
+    ptrs = np.zeros((n, o, d), np.float32)
+    for j in np.flatnonzero(valid):
+        f = int(index[j])
+        logits[f] = anchor_video[:, j, 0]
+        scores[f] = heads.object_score_logits.reshape(o, k)[:, j]
+        ptrs[f] = heads.obj_ptr.reshape(o, k, d)[:, j]
+
+    # Anchors are prompted for every object, so they are never tracked (the reference returns
+    # their stored output and writes no tracked memory for them).
+    to_track = [f for f in range(n) if f not in set(anchors)]
+    obj_video = jnp.zeros((o,), jnp.int32)
+    step = max(min(chunk_size, len(to_track)), 1)
+    for lo in range(0, len(to_track), step):
+        idx = to_track[lo : lo + step]
+        pad = step - len(idx)
+        chunk = _load(frames, idx)
+        chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        bank, out = prop.propagate_chunk_jit(
+            model,
+            bank,
+            cond,
+            jnp.asarray(chunk[:, None]),
+            jnp.asarray(idx + [idx[-1]] * pad, jnp.int32),
+            jnp.asarray(np.arange(step) < len(idx)),
+            obj_video,
+            jnp.int32(n),
+            video_size=tuple(video_size),
+            reverse=False,
+        )
+        out = jax.device_get(out)
+        logits[idx] = out.video_res_masks[: len(idx), :, 0]
+        scores[idx] = out.object_score_logits[: len(idx), :, 0]
+        ptrs[idx] = out.obj_ptr[: len(idx)]
+    is_anchor = np.zeros(n, bool)
+    is_anchor[anchors] = True
+    return AnchoredPropagation(
+        video_res_logits=logits,
+        object_score_logits=scores,
+        obj_ptr=ptrs,
+        is_anchor=is_anchor,
+        anchor_heads=heads,
+    )
