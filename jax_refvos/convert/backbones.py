@@ -279,6 +279,10 @@ def _build_lm(config: Mapping[str, Any], lora_info: Mapping[str, Any] | None) ->
 def builders(meta: Mapping[str, Any]) -> dict[str, Any]:
     """{component: config dict -> module} for a weights dir written by `import_backbone`."""
     kind, lora_info = meta["kind"], meta.get("lora")
+    if kind == "virst":  # the whole VIRST model (convert/virst.py imports this module)
+        from jax_refvos.convert import virst
+
+        return virst.virst_builders(meta)
     lm = lambda c: _build_lm(c, lora_info)  # noqa: E731
     out: dict[str, Any] = {"lm": lm}
     if kind == "clip":

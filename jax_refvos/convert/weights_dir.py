@@ -52,8 +52,13 @@ def save_weights(
     source: str,
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    add_files: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write `components` ({name: (module, its config dataclass or dict)}) as a weights dir."""
+    """Write `components` ({name: (module, its config dataclass or dict)}) as a weights dir.
+
+    `add_files(tmp_dir)` may write more files (e.g. a tokenizer) before the directory is
+    renamed into place, so they are part of the same all-or-nothing write.
+    """
     out_dir = Path(out_dir).absolute()
     meta = {
         "format": FORMAT,
@@ -76,6 +81,8 @@ def save_weights(
         with ocp.StandardCheckpointer() as ckpt:
             ckpt.save(Path(tmp).absolute() / "params", state)
             ckpt.wait_until_finished()
+        if add_files is not None:
+            add_files(Path(tmp))
         fileio.atomic_write_json(Path(tmp) / "config.json", meta)
     return out_dir
 
