@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jax_refvos.main.track",
         "SAM2/SAM2.1 video object tracking from a mask, clicks or a box (official .pt weights)",
     ),
+    "predict": (
+        "jax_refvos.main.predict",
+        "VIRST: mask a video's object named by a sentence (logits.npy, PNGs, overlay GIF)",
+    ),
 }
 
 EXIT_INPUT_ERROR = 2
