@@ -114,3 +114,12 @@ def place_state(model, mesh: jax.sharding.Mesh, rules: Rules = PARAM_RULES) -> N
     with nnx.logical_axis_rules(rules):
         shardings = nnx.get_named_sharding(state, mesh)
     nnx.update(model, jax.device_put(state, shardings))
+
+
+def annotated(init, axes: tuple[str | None, ...]):
+    """`init` carrying logical axis names (R7): sharded at creation only when a mesh is active,
+    otherwise the names stay metadata (models build without a mesh; see `place_state`)."""
+    from flax import nnx
+
+    eager = not jax.sharding.get_abstract_mesh().empty
+    return nnx.with_partitioning(init, axes, eager_sharding=eager)

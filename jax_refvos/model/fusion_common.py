@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float
 
+from jax_refvos import sharding
 from jax_refvos.errors import InputError
 
 # Three stride-2 convs: the reference hard-codes a 64 x 64 map -> an 8 x 8 grid.
@@ -85,18 +86,14 @@ def _hidden_size(config: Mapping[str, Any]) -> int:
 
 
 # ----------------------------------------------------------------------------- building blocks
-def _annotated(init, axes: tuple[str | None, ...]):
-    """`init` with logical axes (R7); sharded at creation only when a mesh is in context."""
-    eager = not jax.sharding.get_abstract_mesh().empty
-    return nnx.with_partitioning(init, axes, eager_sharding=eager)
 
 
 def _linear(d_in, d_out, axes, *, dtype, param_dtype, rngs) -> nnx.Linear:
     return nnx.Linear(
         d_in,
         d_out,
-        kernel_init=_annotated(nnx.initializers.lecun_normal(), axes),
-        bias_init=_annotated(nnx.initializers.zeros_init(), (axes[1],)),
+        kernel_init=sharding.annotated(nnx.initializers.lecun_normal(), axes),
+        bias_init=sharding.annotated(nnx.initializers.zeros_init(), (axes[1],)),
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,
@@ -107,8 +104,8 @@ def _layer_norm(d, eps, *, dtype, param_dtype, rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(
         d,
         epsilon=eps,
-        scale_init=_annotated(nnx.initializers.ones_init(), ("embed",)),
-        bias_init=_annotated(nnx.initializers.zeros_init(), ("embed",)),
+        scale_init=sharding.annotated(nnx.initializers.ones_init(), ("embed",)),
+        bias_init=sharding.annotated(nnx.initializers.zeros_init(), ("embed",)),
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,
@@ -132,8 +129,10 @@ def _spatial_down(c_in: int, d: int, *, dtype, param_dtype, rngs) -> nnx.List:
             kernel_size=(3, 3),
             strides=2,
             padding=((1, 1), (1, 1)),
-            kernel_init=_annotated(nnx.initializers.lecun_normal(), (None, None, None, "embed")),
-            bias_init=_annotated(nnx.initializers.zeros_init(), ("embed",)),
+            kernel_init=sharding.annotated(
+                nnx.initializers.lecun_normal(), (None, None, None, "embed")
+            ),
+            bias_init=sharding.annotated(nnx.initializers.zeros_init(), ("embed",)),
             dtype=dtype,
             param_dtype=param_dtype,
             rngs=rngs,
@@ -204,9 +203,9 @@ class TorchMultiheadAttention(nnx.Module):
         )
         axes = ("embed", None, "heads")
         self.in_proj_weight = nnx.Param(
-            _annotated(init, axes)(rngs.params(), (d, 3, d), param_dtype)
+            sharding.annotated(init, axes)(rngs.params(), (d, 3, d), param_dtype)
         )
-        zeros = _annotated(nnx.initializers.zeros_init(), (None, "heads"))
+        zeros = sharding.annotated(nnx.initializers.zeros_init(), (None, "heads"))
         self.in_proj_bias = nnx.Param(zeros(rngs.params(), (3, d), param_dtype))
         self.out_proj = _linear(
             d, d, ("heads", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs

@@ -124,24 +124,14 @@ def from_hf(config: Mapping[str, Any], *, source: str = "config") -> ClipVisionC
         raise ClipConfigError(f"{source}: {e}") from e
 
 
-def annotated(init, axes: tuple[str | None, ...]):
-    """`init` carrying logical axis names (R7), sharded at creation only under a mesh.
-
-    flax 0.12 shards annotated variables eagerly and then requires a mesh; without one (unit
-    tests, single-device conversion) the names are kept as metadata only.
-    """
-    eager = not jax.sharding.get_abstract_mesh().empty
-    return nnx.with_partitioning(init, axes, eager_sharding=eager)
-
-
 def _linear(
     d_in: int, d_out: int, axes: tuple[str | None, str | None], *, dtype, param_dtype, rngs
 ):
     return nnx.Linear(
         d_in,
         d_out,
-        kernel_init=annotated(nnx.initializers.lecun_normal(), axes),
-        bias_init=annotated(nnx.initializers.zeros_init(), (axes[1],)),
+        kernel_init=sharding.annotated(nnx.initializers.lecun_normal(), axes),
+        bias_init=sharding.annotated(nnx.initializers.zeros_init(), (axes[1],)),
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,
@@ -152,8 +142,8 @@ def _layer_norm(d: int, eps: float, *, dtype, param_dtype, rngs) -> nnx.LayerNor
     return nnx.LayerNorm(
         d,
         epsilon=eps,
-        scale_init=annotated(nnx.initializers.ones_init(), ("embed",)),
-        bias_init=annotated(nnx.initializers.zeros_init(), ("embed",)),
+        scale_init=sharding.annotated(nnx.initializers.ones_init(), ("embed",)),
+        bias_init=sharding.annotated(nnx.initializers.zeros_init(), ("embed",)),
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,
@@ -171,7 +161,7 @@ class ClipVisionEmbeddings(nnx.Module):
         self, cfg: ClipVisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs
     ):
         d, p = cfg.hidden_size, cfg.patch_size
-        init = annotated(nnx.initializers.normal(d**-0.5), ("embed",))
+        init = sharding.annotated(nnx.initializers.normal(d**-0.5), ("embed",))
         self.class_embedding = nnx.Param(init(rngs.params(), (d,), param_dtype))
         self.patch_embedding = nnx.Conv(
             cfg.num_channels,
@@ -180,7 +170,9 @@ class ClipVisionEmbeddings(nnx.Module):
             strides=(p, p),
             padding="VALID",
             use_bias=False,
-            kernel_init=annotated(nnx.initializers.lecun_normal(), (None, None, None, "embed")),
+            kernel_init=sharding.annotated(
+                nnx.initializers.lecun_normal(), (None, None, None, "embed")
+            ),
             dtype=dtype,
             param_dtype=param_dtype,
             rngs=rngs,
@@ -188,7 +180,7 @@ class ClipVisionEmbeddings(nnx.Module):
         self.position_embedding = nnx.Embed(
             cfg.num_positions,
             d,
-            embedding_init=annotated(nnx.initializers.normal(0.02), (None, "embed")),
+            embedding_init=sharding.annotated(nnx.initializers.normal(0.02), (None, "embed")),
             dtype=dtype,
             param_dtype=param_dtype,
             rngs=rngs,

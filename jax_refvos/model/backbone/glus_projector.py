@@ -22,7 +22,6 @@ from jax_refvos import sharding
 from jax_refvos.model.backbone.clip_vit import (
     ClipVisionConfig,
     ClipVisionModel,
-    annotated,
 )
 
 GLUS_POOL = 4
@@ -54,8 +53,8 @@ def make_mm_projector(
     return nnx.Linear(
         in_dim,
         out_dim,
-        kernel_init=annotated(nnx.initializers.lecun_normal(), (None, "embed")),
-        bias_init=annotated(nnx.initializers.zeros_init(), ("embed",)),
+        kernel_init=sharding.annotated(nnx.initializers.lecun_normal(), (None, "embed")),
+        bias_init=sharding.annotated(nnx.initializers.zeros_init(), ("embed",)),
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import einops
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -151,16 +150,6 @@ def sinusoid_pos_table(frames: int, grid: int, dim: int) -> np.ndarray:
     return out
 
 
-def _annotated(init, axes: tuple[str | None, ...]):
-    """`init` carrying logical axis names (R7), sharded at creation only under a mesh.
-
-    flax 0.12 shards annotated variables eagerly and then requires a mesh; without one (unit
-    tests, single-device runs) the names are kept as metadata only.
-    """
-    eager = not jax.sharding.get_abstract_mesh().empty
-    return nnx.with_partitioning(init, axes, eager_sharding=eager)
-
-
 def linear(
     d_in: int,
     d_out: int,
@@ -177,8 +166,8 @@ def linear(
         d_out,
         use_bias=bias,
         param_dtype=param_dtype,
-        kernel_init=_annotated(nnx.initializers.lecun_normal(), axes),
-        bias_init=_annotated(nnx.initializers.zeros_init(), (axes[1],)),
+        kernel_init=sharding.annotated(nnx.initializers.lecun_normal(), axes),
+        bias_init=sharding.annotated(nnx.initializers.zeros_init(), (axes[1],)),
         dtype=dtype,
         rngs=rngs,
     )
@@ -189,8 +178,8 @@ def _layer_norm(d: int, eps: float, *, dtype, param_dtype, rngs) -> nnx.LayerNor
         d,
         epsilon=eps,
         param_dtype=param_dtype,
-        scale_init=_annotated(nnx.initializers.ones_init(), ("embed",)),
-        bias_init=_annotated(nnx.initializers.zeros_init(), ("embed",)),
+        scale_init=sharding.annotated(nnx.initializers.ones_init(), ("embed",)),
+        bias_init=sharding.annotated(nnx.initializers.zeros_init(), ("embed",)),
         dtype=dtype,
         rngs=rngs,
     )
@@ -213,10 +202,10 @@ class PatchConv(nnx.Module):
         shape = (tub, p, p, 3, cfg.embed_dim)
         init = nnx.initializers.lecun_normal(in_axis=(0, 1, 2, 3), out_axis=4)
         self.weight = nnx.Param(
-            _annotated(init, (None,) * 4 + ("embed",))(rngs.params(), shape, param_dtype)
+            sharding.annotated(init, (None,) * 4 + ("embed",))(rngs.params(), shape, param_dtype)
         )
         self.bias = nnx.Param(
-            _annotated(nnx.initializers.zeros_init(), ("embed",))(
+            sharding.annotated(nnx.initializers.zeros_init(), ("embed",))(
                 rngs.params(), (cfg.embed_dim,), param_dtype
             )
         )
@@ -251,7 +240,7 @@ class Attention(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.qkv = linear(d, 3 * d, ("embed", "heads"), bias=False, **kw)
         if cfg.qkv_bias:
-            zeros = _annotated(nnx.initializers.zeros_init(), ("heads",))
+            zeros = sharding.annotated(nnx.initializers.zeros_init(), ("heads",))
             self.q_bias = nnx.Param(zeros(rngs.params(), (d,), param_dtype))
             self.v_bias = nnx.Param(zeros(rngs.params(), (d,), param_dtype))
         else:
