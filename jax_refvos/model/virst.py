@@ -142,14 +142,15 @@ class Virst(nnx.Module):
         not_seg = (input_ids != self.cfg.seg_token_id).astype(jnp.int32)
         return jnp.argsort(not_seg, axis=1, stable=True)[:, : self.cfg.num_seg_tokens]
 
-    def seg_hidden(
+    def lm_forward(
         self,
         vlm_frames: Float[Array, "b t H W 3"],
         input_ids: Int[Array, "b l"],
         text_valid: Bool[Array, "b l"] | None = None,
         stf_feats: Float[Array, "b t h w c"] | None = None,
-    ) -> Float[Array, "b q D"]:
-        """Final-normed LLM hidden states at the `[SEG]` positions.
+    ) -> tuple[Float[Array, "b n D"], multimodal.SplicedSequence, Int[Array, "b q"]]:
+        """Splice the visual tokens, (ISF,) run the LLM: final-normed hidden states of the whole
+        spliced sequence, the splice bookkeeping and the `[SEG]` text indices (`seg_index`).
 
         Args:
             vlm_frames: ImageNet-normalised 448 px frames (bf16-rounded in the reference).
@@ -183,6 +184,17 @@ class Virst(nnx.Module):
         hidden = self.lm.hidden(
             inputs_embeds=x, positions=spliced.positions, attention_mask=spliced.valid
         )
+        return hidden, spliced, index
+
+    def seg_hidden(
+        self,
+        vlm_frames: Float[Array, "b t H W 3"],
+        input_ids: Int[Array, "b l"],
+        text_valid: Bool[Array, "b l"] | None = None,
+        stf_feats: Float[Array, "b t h w c"] | None = None,
+    ) -> Float[Array, "b q D"]:
+        """Final-normed LLM hidden states at the `[SEG]` positions (arguments: `lm_forward`)."""
+        hidden, spliced, index = self.lm_forward(vlm_frames, input_ids, text_valid, stf_feats)
         return multimodal.gather_tokens(hidden, spliced.text_to_out, index)
 
     def seg_prompts(

@@ -13,84 +13,31 @@ measured <= 1.3e-6 eval, <= 1.6e-6 ISF, signs all equal).
 """
 
 import dataclasses
-import json
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import virst_fixture_inputs as vfi
 from flax import nnx
-from PIL import Image
 from shared_paths import VIRST_FIXTURE as FIXTURE
+from virst_fixture_inputs import rel_err
 
-from jax_refvos.convert import hf
 from jax_refvos.model import virst
-from jax_refvos.model.backbone.umt import UmtConfig
-from jax_refvos.model.virst_sam2_config import sam2_config_from_yaml
 
 pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="VIRST tiny fixture not present")
 
 REL_TOL = 1e-5
 LOGITS_REL_TOL = 1e-4
 VIDEO_SIZE = (72, 112)
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def rel_err(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / np.abs(want).max())
-
-
-def _jpegs() -> list[Image.Image]:
-    paths = sorted((FIXTURE / "video" / "vid0").glob("*.jpg"))
-    assert len(paths) == 12
-    return [Image.open(p).convert("RGB") for p in paths]
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    return (x - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def _bf16(x: np.ndarray) -> np.ndarray:
-    return x.astype(jnp.bfloat16).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def inputs():
     """(vlm [12, 448, 448, 3], stf [12, 1024, 1024, 3], prop uint8 [12, 1024, 1024, 3], ids)."""
-    imgs = _jpegs()
-    vlm = np.stack(
-        [
-            _bf16(
-                _normalize(
-                    (
-                        np.asarray(im.resize((448, 448), Image.Resampling.BICUBIC)).astype(
-                            np.float64
-                        )
-                        * (1 / 255)
-                    ).astype(np.float32)
-                )
-            )
-            for im in imgs
-        ]
-    )
-    stf = np.stack(
-        [
-            _bf16(
-                _normalize(
-                    np.asarray(im.resize((1024, 1024), Image.Resampling.BILINEAR)).astype(
-                        np.float32
-                    )
-                    / 255
-                )
-            )
-            for im in imgs
-        ]
-    )
-    prop = np.stack([np.asarray(im.resize((1024, 1024))) for im in imgs])  # PIL default: bicubic
-    prompt = json.loads((FIXTURE / "prompt.json").read_text())
-    ids = np.asarray(prompt["input_ids"], np.int32)
-    return vlm, stf, prop, ids
+    imgs = vfi.jpegs(FIXTURE)
+    assert len(imgs) == 12
+    ids = np.asarray(vfi.prompt(FIXTURE)["input_ids"], np.int32)
+    return vfi.vlm_view(imgs), vfi.stf_view(imgs), vfi.prop_view(imgs), ids
 
 
 @pytest.fixture(scope="module")
@@ -100,25 +47,16 @@ def acts():
 
 @pytest.fixture(scope="module")
 def state():
-    return hf.read_safetensors(FIXTURE / "virst_tiny.safetensors")
+    return vfi.official_state(FIXTURE)
 
 
 def _config(state, *, initial_seg_fusion: bool) -> virst.VirstConfig:
-    return virst.VirstConfig.from_official(
-        json.loads((FIXTURE / "config_llm_virst.json").read_text()),
-        umt=UmtConfig.from_json(json.loads((FIXTURE / "config_umt_tiny.json").read_text())),
-        sam2=sam2_config_from_yaml(FIXTURE / "sam2.1_hiera_tiny_virst_fixture.yaml"),
-        vocab_size=state["model.embed_tokens.weight"].shape[0],
-        source="config_llm_virst.json",
-        initial_seg_fusion=initial_seg_fusion,
-    )
+    return vfi.official_config(FIXTURE, state, initial_seg_fusion=initial_seg_fusion)
 
 
 @pytest.fixture(scope="module")
 def model(state):
-    return virst.from_official_state(
-        state, _config(state, initial_seg_fusion=False), source="virst_tiny.safetensors"
-    )
+    return vfi.official_model(FIXTURE, state, initial_seg_fusion=False)
 
 
 def _check_logits(ours: np.ndarray, ref: np.ndarray) -> None:
@@ -157,7 +95,7 @@ def test_intermediates_match_fixture(model, inputs, acts):
     chanmean, hidden, prompts = _intermediates(
         model, jnp.asarray(vlm)[None], jnp.asarray(stf)[None], jnp.asarray(ids)[None]
     )
-    prompt = json.loads((FIXTURE / "prompt.json").read_text())
+    prompt = vfi.prompt(FIXTURE)
     assert prompt["seg_token_id"] == model.cfg.seg_token_id
     np.testing.assert_array_equal(
         np.asarray(model.seg_index(jnp.asarray(ids)[None]))[0], prompt["seg_positions_in_input_ids"]

@@ -100,8 +100,15 @@ def track_frame(
     num_frames: Int[Array, ""],
     *,
     reverse: bool,
+    training: bool = False,
 ) -> tuple[SamOutput, Float[Array, "o s e"]]:
-    """One memory-conditioned frame: attend to the bank, decode, encode the new memory."""
+    """One memory-conditioned frame: attend to the bank, decode, encode the new memory.
+
+    `training` is the reference's `self.training`: object pointers of future conditioning
+    frames too, single-mask output without the stability fallback (VIRST's `_use_multimask`),
+    the memory kept in float32 (only the video predictor stores it in `storage_dtype`), and one
+    attention branch over every slot (no bucket switch, which `vmap` would run in full).
+    """
     c = model.cfg
     memory = mb.gather(
         bank,
@@ -110,16 +117,17 @@ def track_frame(
         max_cond=c.max_cond_frames_in_attn,
         reverse=reverse,
         signed_ptr_dist=c.use_signed_tpos_enc_to_obj_ptrs,
-        ptrs_in_past_only=c.only_obj_ptrs_in_the_past_for_eval,
+        ptrs_in_past_only=c.only_obj_ptrs_in_the_past_for_eval and not training,
     )
-    pix = model.pix_with_memory(feats, memory, num_frames)
+    pix = model.pix_with_memory(feats, memory, num_frames, bucketed=not training)
+    multimask = False if training else model.use_multimask(False, 0)
     out = model.forward_sam_heads(
-        pix, feats.high_res, multimask_output=model.use_multimask(False, 0)
+        pix, feats.high_res, multimask_output=multimask, training=training
     )
     mem = model.encode_memory(
         feats, out.high_res_masks, out.object_score_logits, is_mask_from_pts=False
     )
-    return out, mem.astype(c.storage_dtype)
+    return out, mem if training else mem.astype(c.storage_dtype)
 
 
 def propagate_chunk(

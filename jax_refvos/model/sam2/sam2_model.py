@@ -134,11 +134,13 @@ class Sam2Model(nnx.Module):
         mask_inputs: Float[Array, "b 1 Hm Wm"] | None = None,
         sparse_embeddings: Float[Array, "b n d"] | None = None,
         multimask_output: bool,
+        training: bool = False,
     ) -> SamOutput:
         """`_forward_sam_heads`: prompt encoder + mask decoder + best-mask and pointer logic.
 
         `sparse_embeddings`, when given, replaces the prompt encoder's sparse output (VIRST/GLUS
-        feed learned prompt tokens this way; the dense no-mask embedding is kept).
+        feed learned prompt tokens this way; the dense no-mask embedding is kept). `training`:
+        the reference's `self.training` (turns the decoder's stability fallback off).
         """
         b = pix.shape[0]
         if point_coords is None:
@@ -162,6 +164,7 @@ class Sam2Model(nnx.Module):
             multimask_output=multimask_output,
             repeat_image=False,
             high_res_features=high_res,
+            training=training,
         )
         obj_score = dec.object_score_logits.astype(jnp.float32)
         masks = dec.masks.astype(jnp.float32)
@@ -237,9 +240,19 @@ class Sam2Model(nnx.Module):
         return feats.pix + self.no_mem_embed[...].reshape(1, 1, 1, -1).astype(feats.pix.dtype)
 
     def pix_with_memory(
-        self, feats: ImageFeatures, memory: mb.GatheredMemory, num_frames: Int[Array, ""]
+        self,
+        feats: ImageFeatures,
+        memory: mb.GatheredMemory,
+        num_frames: Int[Array, ""],
+        *,
+        bucketed: bool = True,
     ) -> Float[Array, "b h w d"]:
-        """`_prepare_memory_conditioned_features` for a tracked frame, given its memory."""
+        """`_prepare_memory_conditioned_features` for a tracked frame, given its memory.
+
+        `bucketed`: attend over the smallest power-of-two bucket of slots that holds the valid
+        ones (`lax.switch`, see below). Pass False under `vmap` (where a batched switch would
+        run every branch) or when all slots are usually full: one branch over every slot.
+        """
         c = self.cfg
         b, h, w, d = feats.pix.shape
         e = c.mem_dim
@@ -275,7 +288,7 @@ class Sam2Model(nnx.Module):
         tpos_m = jnp.take_along_axis(memory.feats_tpos, order, 1)
         valid_m = jnp.take_along_axis(memory.feats_valid, order, 1)
         needed = jnp.max(valid_m.sum(1))
-        buckets = slot_buckets(valid_m.shape[1])
+        buckets = slot_buckets(valid_m.shape[1]) if bucketed else (valid_m.shape[1],)
 
         def attend_to(n_slots: int):
             def run(_):
