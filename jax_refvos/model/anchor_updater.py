@@ -11,8 +11,9 @@ Port of `model/VIRST.py::select_keyframes`, the frame bookkeeping of `VirstForCa
 - Anchor frames are SAM2 initial conditioning frames: no memory, the learned segmentation prompts
   as the sparse prompt tokens (`anchor_prompt_outputs`).
 - `AnchorConfig.dynamic_update` (default off = the released code, which has no such step): the
-  paper's "dynamically updated anchor frames" as a promotion rule (`promote_anchor`). Only the
-  selection logic is here; wiring it into whole-video propagation is later work.
+  paper's "dynamically updated anchor frames": during propagation a tracked frame whose
+  predicted quality clears a threshold becomes a conditioning frame (`PromoteRule`,
+  `promote_into_bank`; `virst_propagation` passes it to the SAM2 scan).
 
 Shapes: `b` objects/videos, `t` frames (a static capacity), `k` anchors, `q` prompt tokens,
 `m` candidate masks.
@@ -27,7 +28,8 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from jax_refvos.errors import InputError
-from jax_refvos.model.sam2.sam2_model import NO_OBJ_SCORE, ImageFeatures, Sam2Model
+from jax_refvos.model.sam2 import memory_bank as mb
+from jax_refvos.model.sam2.sam2_model import NO_OBJ_SCORE, ImageFeatures, Sam2Model, SamOutput
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,6 +46,24 @@ class AnchorConfig:
     dynamic_update: bool = False
     promote_threshold: float = 0.9  # quality = best predicted IoU x sigmoid(object score)
     promote_min_gap: int = 4  # frames to the nearest anchor before a frame may be promoted
+    max_dynamic_anchors: int = 8  # conditioning slots reserved for promoted frames
+
+    def promote_rule(self) -> "PromoteRule | None":
+        """The propagation hook of the dynamic update, or None when it is off."""
+        if not self.dynamic_update:
+            return None
+        return PromoteRule(threshold=self.promote_threshold, min_gap=self.promote_min_gap)
+
+    def max_tracked_frames(self, num_frames: int) -> int:
+        """Static bound on the tracked (non-anchor) frames of a training rollout over t frames."""
+        if not self.use_cond_frames:
+            return 0
+        k = min(self.num_train_anchors, num_frames)
+        return min(num_frames, k * (1 + self.window_forward + self.window_backward)) - k
+
+    def extra_cond_slots(self) -> int:
+        """Conditioning slots the memory bank needs beyond the anchors."""
+        return self.max_dynamic_anchors if self.dynamic_update else 0
 
 
 # ----------------------------------------------------------------------------- eval anchors
@@ -196,31 +216,68 @@ def anchor_quality(
     return jnp.max(ious, axis=-1) * jax.nn.sigmoid(object_score_logits[:, 0])
 
 
-def promote_anchor(
-    is_anchor: Bool[Array, "b t"],
-    frame: Int[Array, ""],
+def promote_into_bank(
+    bank: mb.MemoryBank,
+    t: Int[Array, ""],
+    mem: Float[Array, "b s e"],
+    obj_ptr: Float[Array, "b d"],
     quality: Float[Array, "b"],
+    candidate: Bool[Array, "b"],
     *,
-    cfg: AnchorConfig,
-    max_anchors: int,
-) -> tuple[Bool[Array, "b t"], Bool[Array, "b"]]:
-    """Promote tracked `frame` to an anchor where its quality clears `cfg.promote_threshold`.
+    threshold: float,
+    min_gap: int,
+) -> tuple[mb.MemoryBank, Bool[Array, "b"]]:
+    """Promote tracked frame `t` to a conditioning frame (a dynamic anchor) where it qualifies.
 
-    Also required: the frame is at least `promote_min_gap` frames from every anchor (so a run of
-    confident frames does not fill the slots) and fewer than `max_anchors` anchors exist (the
-    memory bank's conditioning-slot capacity). Returns the new mask and who was promoted. With
-    `cfg.dynamic_update` False (the released code) nothing changes.
+    Qualifies: a `candidate` (tracked, not already conditioning), `quality >= threshold`, at least
+    `min_gap` frames from every conditioning frame (so a run of confident frames does not fill
+    the slots), and a free conditioning slot. A promoted frame's memory and object pointer go to
+    that slot: from then on SAM2 treats it as it treats the anchors (never evicted; temporal
+    index of a conditioning frame when among the closest `max_cond_frames_in_attn`), and it is
+    not also written to the ring of tracked memories (the caller skips that for `promoted`).
     """
-    if not cfg.dynamic_update:
-        return is_anchor, jnp.zeros(is_anchor.shape[:1], bool)
-    t = jnp.arange(is_anchor.shape[1])
-    gap = jnp.min(jnp.where(is_anchor, jnp.abs(t - frame)[None], jnp.iinfo(jnp.int32).max), 1)
-    promote = (
-        (quality >= cfg.promote_threshold)
-        & (gap >= cfg.promote_min_gap)
-        & (jnp.sum(is_anchor, axis=1) < max_anchors)
+    c = bank.cond_valid.shape[1]
+    free = ~bank.cond_valid
+    slot = jnp.argmax(free, axis=-1)
+    far = jnp.iinfo(jnp.int32).max
+    gap = jnp.min(jnp.where(bank.cond_valid, jnp.abs(bank.cond_frame - t), far), axis=-1)
+    promoted = candidate & (quality >= threshold) & (gap >= min_gap) & jnp.any(free, axis=-1)
+    hit = (jnp.arange(c)[None] == slot[:, None]) & promoted[:, None]  # [b, c]
+    bank = bank.replace(
+        cond_feats=jnp.where(
+            hit[..., None, None], mem[:, None].astype(bank.cond_feats.dtype), bank.cond_feats
+        ),  # fmt: skip
+        cond_ptr=jnp.where(hit[..., None], obj_ptr[:, None], bank.cond_ptr),
+        cond_frame=jnp.where(hit, jnp.asarray(t, jnp.int32), bank.cond_frame),
+        cond_valid=bank.cond_valid | hit,
     )
-    return is_anchor | (promote[:, None] & (t == frame)[None]), promote
+    return bank, promoted
+
+
+@dataclasses.dataclass(frozen=True)
+class PromoteRule:
+    """The dynamic update as a propagation hook (`propagation.propagate_chunk(promote=...)`).
+
+    Hashable and compared by value, so compiled propagation programs are reused across calls.
+    """
+
+    threshold: float
+    min_gap: int
+
+    def __call__(
+        self, bank: mb.MemoryBank, t, out: SamOutput, mem, candidate
+    ) -> tuple[mb.MemoryBank, Bool[Array, "b"]]:
+        quality = anchor_quality(out.ious, out.object_score_logits)
+        return promote_into_bank(
+            bank,
+            t,
+            mem,
+            out.obj_ptr,
+            quality,
+            candidate,
+            threshold=self.threshold,
+            min_gap=self.min_gap,
+        )
 
 
 # ----------------------------------------------------------------------------- anchor heads

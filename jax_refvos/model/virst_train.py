@@ -23,8 +23,6 @@ Static shapes: the rollout is one `lax.scan` over at most `max_tracked_frames` t
 (padding steps are computed and discarded); rows are `vmap`ped, each with its own anchors.
 """
 
-import dataclasses
-
 import einops
 import flax.struct
 import jax
@@ -39,34 +37,9 @@ from jax_refvos.model.sam2 import propagation as prop
 from jax_refvos.model.sam2.resize import resize_bilinear
 from jax_refvos.model.sam2.sam2_model import ImageFeatures, Sam2Model
 
-WINDOW_FORWARD = 5  # `select_keyframes`: frames a+1..a+5 join each anchor a
-WINDOW_BACKWARD = 2  # ... and a-1, a-2
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RolloutConfig:
-    """The training rollout's switches (`VirstForCausalLM.forward` arguments).
-
-    use_cond_frames: SAM2 also processes the anchors' windows (tracked from memory); False (the
-      official default) processes the anchors alone.
-    num_anchors: training anchors per row (hard-coded 3 in `select_keyframes`).
-    """
-
-    use_cond_frames: bool = True
-    num_anchors: int = 3
-    window_forward: int = WINDOW_FORWARD
-    window_backward: int = WINDOW_BACKWARD
-
-    def max_tracked_frames(self, num_frames: int) -> int:
-        """Static bound on the tracked (non-anchor) positions of a rollout over t frames."""
-        if not self.use_cond_frames:
-            return 0
-        k = min(self.num_anchors, num_frames)
-        span = k * (1 + self.window_forward + self.window_backward)
-        return min(num_frames, span) - k
-
-
-DEFAULT_ROLLOUT = RolloutConfig()
+# The official `use_cond_frames=False` would never track a training frame from memory; the
+# value behind the released checkpoint is unknown (reference/virst.md §4.1). Ours: True.
+DEFAULT_ANCHORS = au.AnchorConfig(use_cond_frames=True)
 DEFAULT_LOSSES = losses.VirstLossConfig()
 
 
@@ -98,7 +71,7 @@ def train_rollout(
         anchors: sorted distinct frame indices (the plan's).
         plan: `anchor_updater.rollout_plan(anchors, t, ...)`.
         num_tracked: static scan length, >= the plan's non-anchor positions
-            (`RolloutConfig.max_tracked_frames`).
+            (`AnchorConfig.max_tracked_frames`).
     """
     c = model.cfg
     t = plan.frames.shape[0]
@@ -190,7 +163,7 @@ def virst_train_forward(
     gt_masks: Float[Array, "b t S S"],
     anchors: Int[Array, "b k"],
     text_valid: Bool[Array, "b l"] | None = None,
-    rollout: RolloutConfig = DEFAULT_ROLLOUT,
+    anchor_cfg: au.AnchorConfig = DEFAULT_ANCHORS,
     loss_cfg: losses.VirstLossConfig = DEFAULT_LOSSES,
 ) -> tuple[dict[str, Float[Array, ""]], RolloutOutput]:
     """The training forward of `model.virst.Virst` (dropout-free; see the module docstring).
@@ -219,15 +192,15 @@ def virst_train_forward(
     lm_labels = spliced_labels(labels, text_valid, spliced.text_to_out, hidden.shape[1])
 
     row_feats = jax.tree.map(lambda x: x.reshape(b, t, *x.shape[1:]), feats)
-    num_tracked = rollout.max_tracked_frames(t)
+    num_tracked = anchor_cfg.max_tracked_frames(t)
 
     def one_row(row_feats, row_prompts, row_anchors):
         plan = au.rollout_plan(
             row_anchors,
             t,
-            use_cond_frames=rollout.use_cond_frames,
-            window_forward=rollout.window_forward,
-            window_backward=rollout.window_backward,
+            use_cond_frames=anchor_cfg.use_cond_frames,
+            window_forward=anchor_cfg.window_forward,
+            window_backward=anchor_cfg.window_backward,
         )
         k_prompts = jnp.take(row_prompts, row_anchors, axis=1).transpose(1, 0, 2)  # [k, q, d]
         return train_rollout(sam2, row_feats, k_prompts, row_anchors, plan, num_tracked=num_tracked)

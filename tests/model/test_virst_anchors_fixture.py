@@ -18,6 +18,7 @@ from shared_paths import VIRST_FIXTURE
 from jax_refvos.convert import hf
 from jax_refvos.convert.torch_names import load_torch_state
 from jax_refvos.model import anchor_updater as au
+from jax_refvos.model.sam2 import memory_bank as mb
 from jax_refvos.model.sam2.sam2_model import Sam2Model
 from jax_refvos.model.virst_sam2_config import sam2_config_from_yaml, virst_sam2_config
 
@@ -121,23 +122,42 @@ def test_rollout_gapped_windows_and_random_cases():
 
 
 # ----------------------------------------------------------------------------- dynamic update
-def test_promote_anchor_rule():
-    is_anchor = jnp.zeros((4, 20), bool).at[:, 0].set(True).at[3, 10].set(True)
-    frame = jnp.int32(6)
-    quality = jnp.asarray([0.95, 0.5, 0.95, 0.95])
-    off = au.AnchorConfig()
-    same, promoted = au.promote_anchor(is_anchor, frame, quality, cfg=off, max_anchors=2)
-    assert (np.asarray(same) == np.asarray(is_anchor)).all() and not np.asarray(promoted).any()
-    on = au.AnchorConfig(dynamic_update=True)
-    new, promoted = au.promote_anchor(is_anchor, frame, quality, cfg=on, max_anchors=2)
-    # 0: promoted; 1: low quality; 2: promoted; 3: already 2 anchors (and 10 is 4 away: ok gap).
-    assert np.asarray(promoted).tolist() == [True, False, True, False]
-    assert np.asarray(new[:, 6]).tolist() == [True, False, True, False]
-    assert int(new.sum()) == int(is_anchor.sum()) + 2
-    near, promoted = au.promote_anchor(is_anchor, jnp.int32(3), quality, cfg=on, max_anchors=9)
-    assert not np.asarray(promoted).any()  # 3 frames from anchor 0 < promote_min_gap
+def _bank(cond_frames: list[list[int]], c: int = 3) -> mb.MemoryBank:
+    """A bank of len(cond_frames) objects with the given conditioning frames (s=2, e=2, d=4)."""
+    bank = mb.MemoryBank.empty(b=len(cond_frames), c=c, r=2, p=2, s=2, e=2, d=4)
+    frame = np.full((len(cond_frames), c), mb.NO_FRAME, np.int32)
+    valid = np.zeros((len(cond_frames), c), bool)
+    for i, frames in enumerate(cond_frames):
+        frame[i, : len(frames)] = frames
+        valid[i, : len(frames)] = True
+    return bank.replace(cond_frame=jnp.asarray(frame), cond_valid=jnp.asarray(valid))
+
+
+def test_promote_into_bank_rule():
+    bank = _bank([[0], [0], [0], [0, 10, 2], [0, 4]])
+    t = jnp.int32(6)
+    mem = jnp.arange(5 * 2 * 2, dtype=jnp.float32).reshape(5, 2, 2) + 1
+    ptr = jnp.ones((5, 4)) * jnp.arange(1, 6)[:, None]
+    quality = jnp.asarray([0.95, 0.5, 0.95, 0.95, 0.95])
+    candidate = jnp.asarray([True, True, False, True, True])
+    new, promoted = au.promote_into_bank(
+        bank, t, mem, ptr, quality, candidate, threshold=0.9, min_gap=4
+    )
+    # 0: promoted; 1: low quality; 2: not a candidate; 3: no free slot; 4: 2 frames from 4.
+    assert np.asarray(promoted).tolist() == [True, False, False, False, False]
+    assert np.asarray(new.cond_valid[0]).tolist() == [True, True, False]
+    assert int(new.cond_frame[0, 1]) == 6
+    np.testing.assert_array_equal(new.cond_feats[0, 1], mem[0].astype(new.cond_feats.dtype))
+    np.testing.assert_array_equal(new.cond_ptr[0, 1], ptr[0])
+    for name in ("cond_feats", "cond_ptr", "cond_frame", "cond_valid"):
+        np.testing.assert_array_equal(getattr(new, name)[1:], getattr(bank, name)[1:])
     q = au.anchor_quality(jnp.asarray([[0.2, 0.9, 0.4]]), jnp.asarray([[0.0]]))
     np.testing.assert_allclose(q, [0.45], rtol=1e-6)
+    assert au.AnchorConfig().promote_rule() is None  # the released code: off
+    on = au.AnchorConfig(dynamic_update=True)
+    assert on.promote_rule() == au.PromoteRule(threshold=0.9, min_gap=4)
+    assert hash(on.promote_rule()) == hash(au.PromoteRule(threshold=0.9, min_gap=4))
+    assert on.extra_cond_slots() == 8 and au.AnchorConfig().extra_cond_slots() == 0
 
 
 # ----------------------------------------------------------------------------- SAM2 config

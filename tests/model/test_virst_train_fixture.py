@@ -23,6 +23,7 @@ from flax import nnx
 from shared_paths import VIRST_FIXTURE as FIXTURE
 from virst_fixture_inputs import rel_err
 
+from jax_refvos.model import anchor_updater as au
 from jax_refvos.model import virst_train
 from jax_refvos.model.sam2 import memory_bank as mb
 
@@ -57,9 +58,9 @@ def batch(acts):
     )
 
 
-@nnx.jit(static_argnames=("rollout",))
-def _forward(model, batch, rollout):
-    return virst_train.virst_train_forward(model, **batch, rollout=rollout)
+@nnx.jit(static_argnames=("anchor_cfg",))
+def _forward(model, batch, anchor_cfg):
+    return virst_train.virst_train_forward(model, **batch, anchor_cfg=anchor_cfg)
 
 
 def _check_losses(got: dict, acts, prefix: str) -> None:
@@ -70,8 +71,8 @@ def _check_losses(got: dict, acts, prefix: str) -> None:
 
 def test_train_anchors_only(model, batch, acts):
     """`train_`: no windows, so the rollout is the three anchors' prompted heads."""
-    rollout = virst_train.RolloutConfig(use_cond_frames=False)
-    got, out = _forward(model, batch, rollout)
+    anchor_cfg = au.AnchorConfig(use_cond_frames=False)
+    got, out = _forward(model, batch, anchor_cfg)
     n = int(out.valid.sum())
     np.testing.assert_array_equal(np.asarray(out.frames[0, :n]), acts["train_keyframe_indices"])
     errors = {
@@ -85,9 +86,9 @@ def test_train_anchors_only(model, batch, acts):
 
 def test_trainw_rollout_through_memory(model, batch, acts):
     """`trainw_`: all 12 frames; 9 of them tracked from training-mode SAM2 memory."""
-    rollout = virst_train.RolloutConfig(use_cond_frames=True)
-    assert rollout.max_tracked_frames(12) == 9
-    got, out = _forward(model, batch, rollout)
+    anchor_cfg = au.AnchorConfig(use_cond_frames=True)
+    assert anchor_cfg.max_tracked_frames(12) == 9
+    got, out = _forward(model, batch, anchor_cfg)
     np.testing.assert_array_equal(np.asarray(out.frames[0]), acts["trainw_keyframe_indices"])
     assert bool(out.valid.all())
     low = np.asarray(out.low_res_masks[0, :, 0])
@@ -125,7 +126,9 @@ def test_trainw_detects_wrong_memory_rules(model, batch, acts, monkeypatch, muta
     original = mb.gather
     monkeypatch.setattr(mb, "gather", functools.partial(_MUTATIONS[mutation], original))
     forward = nnx.jit(
-        lambda m, b: virst_train.virst_train_forward(m, **b, rollout=virst_train.RolloutConfig())
+        lambda m, b: virst_train.virst_train_forward(
+            m, **b, anchor_cfg=au.AnchorConfig(use_cond_frames=True)
+        )
     )
     _, out = forward(model, batch)
     low = np.asarray(out.low_res_masks[0, :, 0])

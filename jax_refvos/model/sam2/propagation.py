@@ -11,6 +11,7 @@ Shapes: `v` videos, `o` objects (object i belongs to video `obj_video[i]`), `k` 
 """
 
 import functools
+from collections.abc import Callable
 
 import flax.struct
 import jax
@@ -52,6 +53,7 @@ class FrameOutput:
     mem_feats: Float[Array, "o s e"]  # memory written for this frame (storage dtype)
     obj_ptr: Float[Array, "o d"]
     tracked: Bool[Array, "o"]  # False on an object's conditioning frame (output = its prompt)
+    promoted: Bool[Array, "o"]  # became a conditioning frame (the `promote` hook)
 
 
 def prompt_frame_output(
@@ -142,8 +144,14 @@ def propagate_chunk(
     *,
     video_size: tuple[int, int],
     reverse: bool,
+    promote: Callable | None = None,
 ) -> tuple[mb.MemoryBank, FrameOutput]:
     """Track `k` frames (in the order given) with one `lax.scan`; inactive frames change nothing.
+
+    `promote(bank, t, out, mem, candidate) -> (bank, promoted)`, optional and hashable (it is a
+    static argument of the compiled version): may turn a tracked frame into a conditioning frame
+    (VIRST's dynamic anchors, `anchor_updater.PromoteRule`); a promoted frame's memory is not
+    also pushed to the ring of tracked frames.
 
     Returns the updated bank and the stacked per-frame outputs (leading axis k).
     """
@@ -161,21 +169,25 @@ def propagate_chunk(
         cond_score = jnp.take_along_axis(cond.object_score_logits, pick[:, None], 1)
         low = jnp.where(is_cond[:, None, None, None], cond_low, out.low_res_masks)
         score = jnp.where(is_cond[:, None], cond_score, out.object_score_logits)
-        write = on & ~is_cond
-        bank = bank.push(t, mem, out.obj_ptr, write)
+        tracked = on & ~is_cond
+        promoted = jnp.zeros_like(tracked)
+        if promote is not None:
+            bank, promoted = promote(bank, t, out, mem, tracked)
+        bank = bank.push(t, mem, out.obj_ptr, tracked & ~promoted)
         return bank, FrameOutput(
             video_res_masks=resize_bilinear(low, video_size),
             low_res_masks=low,
             object_score_logits=score,
             mem_feats=mem,
             obj_ptr=out.obj_ptr,
-            tracked=write,
+            tracked=tracked,
+            promoted=promoted,
         )
 
     return jax.lax.scan(step, bank, (frames, frame_idx, active))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "video_size", "reverse"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "video_size", "reverse", "promote"))
 def _propagate_chunk_jit(
     graphdef,
     state,
@@ -189,6 +201,7 @@ def _propagate_chunk_jit(
     *,
     video_size,
     reverse,
+    promote=None,
 ):
     model = nnx.merge(graphdef, state)
     return propagate_chunk(
@@ -202,10 +215,13 @@ def _propagate_chunk_jit(
         num_frames,
         video_size=video_size,
         reverse=reverse,
+        promote=promote,
     )
 
 
-def propagate_chunk_jit(model: Sam2Model, *args, video_size, reverse):
-    """`propagate_chunk` compiled once per (shapes, video size, direction)."""
+def propagate_chunk_jit(model: Sam2Model, *args, video_size, reverse, promote=None):
+    """`propagate_chunk` compiled once per (shapes, video size, direction, promote hook)."""
     graphdef, state = nnx.split(model)
-    return _propagate_chunk_jit(graphdef, state, *args, video_size=video_size, reverse=reverse)
+    return _propagate_chunk_jit(
+        graphdef, state, *args, video_size=video_size, reverse=reverse, promote=promote
+    )
