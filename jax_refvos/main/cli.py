@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "predict": (
         "jax_refvos.main.predict",
-        "VIRST: mask a video's object named by a sentence (logits.npy, PNGs, overlay GIF)",
+        "VIRST: mask a video's object named by a sentence (logits.npy, PNGs, overlay mp4 or GIF)",
     ),
 }
 

@@ -23,7 +23,7 @@ Three image views (fixture README "Dataset path"): `vlm_frames` [b, t, 448, 448,
 """
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import einops
@@ -48,6 +48,7 @@ from jax_refvos.model.sam2.sam2_model import Sam2Model
 
 SEG_TOKEN_ID = 151646  # `tokenizer.add_tokens(["[SEG]"])` on the Qwen2 vocabulary
 NUM_SEG_TOKENS = 10
+SAM_FRAMES = 32  # `seg_image_length`: STF frames = min(32, T_vlm)
 SAM2_CHUNK = 4  # STF frames per SAM2 image-encoder call (bounds the global-attention memory)
 
 
@@ -67,6 +68,8 @@ class VirstConfig:
     segprompter: fusion.SegPrompterConfig
     # The paper's Initial ST-Fusion; DEVIATION(VIRST eval.py): the released eval turns it off.
     initial_seg_fusion: bool = True
+    # TDAU settings; `anchors.dynamic_update` is the paper's dynamic anchor update (off: released).
+    anchors: au.AnchorConfig = au.AnchorConfig()
     seg_token_id: int = SEG_TOKEN_ID
     num_seg_tokens: int = NUM_SEG_TOKENS
 
@@ -218,22 +221,67 @@ class Virst(nnx.Module):
     # ----------------------------------------------------------------- host inference
     def predict(
         self,
-        vlm_frames: Float[Array, "t H W 3"],
-        stf_frames: Float[Array, "t S S 3"],
+        vlm_frames: Float[Array, "tv H W 3"],
+        stf_frames: Float[Array, "ts S S 3"],
         prop_frames: vp.FrameSource,
         input_ids: Int[Array, "l"],
         *,
         video_size: tuple[int, int],
+        num_frames: int | None = None,
+        sam_frame_ids: Int[np.ndarray, "ts"] | None = None,
         chunk_size: int = 8,
-    ) -> np.ndarray:
-        """One video and expression -> mask logits float32[t, H, W] at `video_size`.
+        stream: bool = False,
+    ) -> np.ndarray | Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One video and expression -> mask logits float32[L, H, W] at `video_size`.
 
-        `prop_frames`: uint8 [t, S, S, 3] at the SAM2 size (PIL bicubic), or a loader.
+        `eval.py` with `video_propagate` (reference/virst.md §1.1): prompts from the T_vlm VLM
+        frames and the T_seg STF ("SAM") frames, eval anchors `round(linspace(0, T_seg - 1,
+        T_seg // 4))` over the STF frames, mapped to video frames through `sam_frame_ids`,
+        then SAM2 propagation over all L video frames.
+
+        Args:
+            vlm_frames: the VLM view of the sampled frames (`sampling.virst_vlm_indices`),
+                T_vlm a multiple of the UMT clip length.
+            stf_frames: the STF view of T_seg = min(32, T_vlm) of them
+                (`sampling.virst_sam_positions`), in temporal order.
+            prop_frames: all L video frames, uint8 [L, S, S, 3] at the SAM2 size (PIL bicubic),
+                or a loader `frames(indices) -> [n, S, S, 3]` (then pass `num_frames`).
+            input_ids: the prompt ids, with `num_seg_tokens` `[SEG]` ids.
+            video_size: (H, W) of the output logits.
+            num_frames: L (default: `len(prop_frames)`).
+            sam_frame_ids: the video frame of each STF frame (`frame_ids_for_sam`), increasing;
+                default `arange(T_seg)`.
+            chunk_size: frames per compiled propagation call.
+            stream: return an iterator of (video frame indices int64[n], logits
+                float32[n, H, W]) chunks, frames in increasing order, each once, instead of the
+                whole array (host memory then stays flat in L).
         """
-        t = int(np.shape(vlm_frames)[0])
-        if np.shape(stf_frames)[0] != t:
+        t_vlm, t_seg = int(np.shape(vlm_frames)[0]), int(np.shape(stf_frames)[0])
+        clip = self.cfg.umt.clip_frames
+        if t_vlm < 1 or t_vlm % clip:
             raise VirstInputError(
-                f"virst.py: {t} VLM frames but {np.shape(stf_frames)[0]} STF frames"
+                f"virst.py: {t_vlm} VLM frames, need a positive multiple of {clip} (UMT clips)"
+            )
+        if t_seg != min(SAM_FRAMES, t_vlm):
+            raise VirstInputError(
+                f"virst.py: {t_vlm} VLM frames need min({SAM_FRAMES}, {t_vlm}) STF frames, "
+                f"got {t_seg} STF frames"
+            )
+        if num_frames is None:
+            if callable(prop_frames):
+                raise VirstInputError("virst.py: pass num_frames with a frame loader")
+            num_frames = len(prop_frames)
+        n = int(num_frames)
+        ids_for_sam = np.arange(t_seg) if sam_frame_ids is None else np.asarray(sam_frame_ids)
+        if (
+            ids_for_sam.shape != (t_seg,)
+            or np.any(np.diff(ids_for_sam) < 0)
+            or ids_for_sam.min() < 0
+            or ids_for_sam.max() >= n
+        ):
+            raise VirstInputError(
+                f"virst.py: sam_frame_ids {ids_for_sam.tolist()} must be {t_seg} "
+                f"non-decreasing video frame indices in [0, {n})"
             )
         ids = np.asarray(input_ids)
         if int((ids == self.cfg.seg_token_id).sum()) < self.cfg.num_seg_tokens:
@@ -246,23 +294,46 @@ class Virst(nnx.Module):
             jnp.asarray(stf_frames)[None],
             jnp.asarray(ids)[None],
         )
-        anchors = au.eval_anchors_np(t)
+        anchors = au.eval_anchors_np(  # STF-frame indices
+            t_seg, frames_per_anchor=self.cfg.anchors.eval_frames_per_anchor
+        )
+        video_anchors = ids_for_sam[anchors]
+        # DEVIATION(VIRST video_propagate): a video frame reached by two anchors (only a 1-frame
+        # video, whose padded VLM list repeats it) keeps the later anchor's prompt; the reference
+        # re-prompts the frame with the earlier output as an extra mask input.
+        last = np.asarray(
+            [i for i, f in enumerate(video_anchors) if f not in video_anchors[i + 1 :]]
+        )
+        anchors, video_anchors = anchors[last], video_anchors[last]
         seg_prompts = np.asarray(prompts)[:, :, anchors].transpose(0, 2, 1, 3)  # [1, k, q, d]
-        out = vp.propagate_with_anchors(
+        _, chunks = vp.iter_propagate_with_anchors(
             self.seg_model,
             prop_frames,
-            anchors,
+            video_anchors,
             np.ones(len(anchors), bool),
             seg_prompts,
-            num_frames=t,
+            num_frames=n,
             video_size=tuple(video_size),
             chunk_size=chunk_size,
+            anchor_cfg=self.cfg.anchors,
         )
-        return out.video_res_logits[:, 0]
+        chunks = ((c.frame_index, c.video_res_logits[:, 0]) for c in chunks)
+        if stream:
+            return chunks
+        out = np.zeros((n, *video_size), np.float32)
+        for index, logits in chunks:
+            out[index] = logits
+        return out
 
 
 @nnx.jit
-def _prompts_jit(model: Virst, vlm_frames, stf_frames, input_ids):
+def _prompts_jit(
+    model: Virst,
+    vlm_frames: Float[Array, "1 tv H W 3"],
+    stf_frames: Float[Array, "1 ts S S 3"],
+    input_ids: Int[Array, "1 l"],
+) -> Float[Array, "1 q ts d"]:
+    """`Virst.__call__`, compiled once per (T_vlm, T_seg, text length)."""
     return model(vlm_frames, stf_frames, input_ids)
 
 

@@ -17,6 +17,8 @@ SAM2Virst.add_new_prompt` / `propagate_in_video_preflight` / `propagate_in_video
    memory bank carried between chunks (host loop as in `Sam2VideoPredictor`).
 4. Output per frame: the best low-res mask logits bilinearly resized to the video size
    (align_corners False, no antialias), anchors' from their prompt output.
+   `iter_propagate_with_anchors` yields them chunk by chunk in frame order (host memory flat in
+   the video length); `propagate_with_anchors` collects them.
 
 Shapes: `t` frames, `o` objects (VIRST: one, the expression), `k` anchors (static capacity with a
 valid mask; anchors are shared by the objects), `q` prompt tokens, `S` the model input size,
@@ -25,7 +27,7 @@ valid mask; anchors are shared by the objects), `q` prompt tokens, `S` the model
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +55,7 @@ class AnchoredPropagation:
     obj_ptr: np.ndarray  # float32[t, o, d]
     is_anchor: np.ndarray  # bool[t]
     anchor_heads: au.AnchorHeads  # [o * k, ...] in (o, k) order
+    promoted: np.ndarray  # bool[t, o]: tracked frames that became dynamic anchors
 
 
 def anchor_memory(
@@ -126,7 +129,19 @@ def _load(frames: FrameSource, idx: Sequence[int]) -> np.ndarray:
     return np.asarray(frames(list(idx)) if callable(frames) else frames[np.asarray(idx)])
 
 
-def propagate_with_anchors(
+@dataclasses.dataclass
+class PropagationChunk:
+    """Consecutive outputs of `iter_propagate_with_anchors`, frames in increasing order."""
+
+    frame_index: np.ndarray  # int64[n], increasing across chunks, every frame once
+    video_res_logits: np.ndarray  # float32[n, o, H, W]
+    object_score_logits: np.ndarray  # float32[n, o]
+    obj_ptr: np.ndarray  # float32[n, o, d]
+    is_anchor: np.ndarray  # bool[n]
+    promoted: np.ndarray  # bool[n, o]: became a dynamic anchor (`AnchorConfig.dynamic_update`)
+
+
+def iter_propagate_with_anchors(
     model: Sam2Model,
     frames: FrameSource,
     anchor_index: Int[np.ndarray, "k"],
@@ -137,24 +152,19 @@ def propagate_with_anchors(
     video_size: tuple[int, int],
     multimask: bool = True,
     chunk_size: int = 8,
-) -> AnchoredPropagation:
-    """`video_propagate`: anchors prompted with `seg_prompts`, then forward tracking from frame 0.
+    anchor_cfg: au.AnchorConfig | None = None,
+) -> tuple[au.AnchorHeads, Iterator[PropagationChunk]]:
+    """`propagate_with_anchors`, streamed: memory flat in the number of frames.
 
-    Args:
-        frames: the video at the model size (PIL-bicubic resized, `video_frames.load_frame`),
-            uint8 [t, S, S, 3], or a loader returning the frames of a list of indices (then pass
-            `num_frames`).
-        anchor_index, anchor_valid: video frame of anchor j and whether slot j is used (e.g.
-            `anchor_updater.eval_anchors`); valid anchors must be distinct and in [0, t).
-        seg_prompts: per object and anchor slot, the q prompt tokens (VIRST: `SegPrompter`
-            output at the anchors, `[b, q, k, 256]` transposed to `[b, k, q, 256]`).
-        video_size: (H, W) of the output logits.
-        multimask: decode anchors with multimask output (VIRST eval: True). Tracked frames follow
-            the SAM2 config (`multimask_output_for_tracking`).
-        chunk_size: frames per compiled scan call.
+    The anchors are prompted and encoded now (errors are raised here); the returned iterator then
+    tracks the other frames `chunk_size` at a time, loading only those frames, and yields each
+    tracked chunk together with the anchors that precede its last frame, so the frames come out
+    in increasing order, each once (the anchors after the last tracked frame come last). Host
+    memory: one chunk of frames and outputs plus the anchors' video-size logits (k <= 8 in
+    VIRST's eval), whatever the video length. Arguments as `propagate_with_anchors`.
 
     Returns:
-        `AnchoredPropagation`; `video_res_logits[f, i]` are object i's mask logits on frame f.
+        (the anchors' heads [o * k, ...] in (o, k) order, the iterator of `PropagationChunk`s).
     """
     if num_frames is None:
         if callable(frames):
@@ -179,48 +189,146 @@ def propagate_with_anchors(
         video_size=video_size,
     )
     heads, anchor_video = jax.device_get((heads, anchor_video))
+    promote = None if anchor_cfg is None else anchor_cfg.promote_rule()
+    if promote is not None:  # free conditioning slots for promoted frames
+        bank = bank.grow_cond(anchor_cfg.extra_cond_slots())
     d = heads.obj_ptr.shape[-1]
+    anchor_out = {  # video frame -> (logits [o, H, W], scores [o], ptr [o, d], promoted [o])
+        int(index[j]): (
+            np.asarray(anchor_video[:, j, 0], np.float32),
+            heads.object_score_logits.reshape(o, k)[:, j],
+            heads.obj_ptr.reshape(o, k, d)[:, j],
+            np.zeros(o, bool),
+        )
+        for j in np.flatnonzero(valid)
+    }
+    del anchor_video
+    # Anchors are prompted for every object, so they are never tracked (the reference returns
+    # their stored output and writes no tracked memory for them).
+    to_track = [f for f in range(n) if f not in anchor_out]
+
+    def merged(idx: list[int], tracked) -> PropagationChunk:
+        """The tracked frames `idx` with the pending anchors before `idx[-1]` (all if empty)."""
+        last = idx[-1] if idx else n
+        pending = sorted(f for f in anchor_out if f < last)
+        rows = {f: tuple(a[i] for a in tracked) for i, f in enumerate(idx)}
+        rows.update((f, anchor_out.pop(f)) for f in pending)
+        order = sorted(rows)
+        return PropagationChunk(
+            frame_index=np.asarray(order, np.int64),
+            video_res_logits=np.stack([rows[f][0] for f in order]).astype(np.float32),
+            object_score_logits=np.stack([rows[f][1] for f in order]).astype(np.float32),
+            obj_ptr=np.stack([rows[f][2] for f in order]).astype(np.float32),
+            is_anchor=np.isin(order, pending),
+            promoted=np.stack([rows[f][3] for f in order]),
+        )
+
+    def chunks() -> Iterator[PropagationChunk]:
+        nonlocal bank
+        obj_video = jnp.zeros((o,), jnp.int32)
+        step = max(min(chunk_size, len(to_track)), 1)
+        for lo in range(0, len(to_track), step):
+            idx = to_track[lo : lo + step]
+            pad = step - len(idx)
+            chunk = _load(frames, idx)
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            bank, out = prop.propagate_chunk_jit(
+                model,
+                bank,
+                cond,
+                jnp.asarray(chunk[:, None]),
+                jnp.asarray(idx + [idx[-1]] * pad, jnp.int32),
+                jnp.asarray(np.arange(step) < len(idx)),
+                obj_video,
+                jnp.int32(n),
+                video_size=tuple(video_size),
+                reverse=False,
+                promote=promote,
+            )
+            del chunk
+            out = jax.device_get(out)
+            m = len(idx)
+            yield merged(
+                idx,
+                (
+                    out.video_res_masks[:m, :, 0],
+                    out.object_score_logits[:m, :, 0],
+                    out.obj_ptr[:m],
+                    out.promoted[:m],
+                ),
+            )
+        if anchor_out:
+            yield merged([], None)
+
+    return heads, chunks()
+
+
+def propagate_with_anchors(
+    model: Sam2Model,
+    frames: FrameSource,
+    anchor_index: Int[np.ndarray, "k"],
+    anchor_valid: Bool[np.ndarray, "k"],
+    seg_prompts: Float[Array, "o k q d"],
+    *,
+    num_frames: int | None = None,
+    video_size: tuple[int, int],
+    multimask: bool = True,
+    chunk_size: int = 8,
+    anchor_cfg: au.AnchorConfig | None = None,
+) -> AnchoredPropagation:
+    """`video_propagate`: anchors prompted with `seg_prompts`, then forward tracking from frame 0.
+
+    Collects `iter_propagate_with_anchors` into whole-video arrays.
+
+    Args:
+        frames: the video at the model size (PIL-bicubic resized, `video_frames.load_frame`),
+            uint8 [t, S, S, 3], or a loader returning the frames of a list of indices (then pass
+            `num_frames`).
+        anchor_index, anchor_valid: video frame of anchor j and whether slot j is used (e.g.
+            `anchor_updater.eval_anchors`); valid anchors must be distinct and in [0, t).
+        seg_prompts: per object and anchor slot, the q prompt tokens (VIRST: `SegPrompter`
+            output at the anchors, `[b, q, k, 256]` transposed to `[b, k, q, 256]`).
+        video_size: (H, W) of the output logits.
+        multimask: decode anchors with multimask output (VIRST eval: True). Tracked frames follow
+            the SAM2 config (`multimask_output_for_tracking`).
+        chunk_size: frames per compiled scan call.
+        anchor_cfg: with `dynamic_update`, tracked frames whose predicted quality clears the
+            threshold become conditioning frames (`anchor_updater.PromoteRule`; up to
+            `max_dynamic_anchors` more slots). None / off: the released code.
+
+    Returns:
+        `AnchoredPropagation`; `video_res_logits[f, i]` are object i's mask logits on frame f.
+    """
+    heads, chunks = iter_propagate_with_anchors(
+        model,
+        frames,
+        anchor_index,
+        anchor_valid,
+        seg_prompts,
+        num_frames=num_frames,
+        video_size=video_size,
+        multimask=multimask,
+        chunk_size=chunk_size,
+        anchor_cfg=anchor_cfg,
+    )
+    n = len(frames) if num_frames is None else int(num_frames)
+    o, d = seg_prompts.shape[0], heads.obj_ptr.shape[-1]
     logits = np.zeros((n, o, *video_size), np.float32)
     scores = np.zeros((n, o), np.float32)
     ptrs = np.zeros((n, o, d), np.float32)
-    for j in np.flatnonzero(valid):
-        f = int(index[j])
-        logits[f] = anchor_video[:, j, 0]
-        scores[f] = heads.object_score_logits.reshape(o, k)[:, j]
-        ptrs[f] = heads.obj_ptr.reshape(o, k, d)[:, j]
-
-    # Anchors are prompted for every object, so they are never tracked (the reference returns
-    # their stored output and writes no tracked memory for them).
-    to_track = [f for f in range(n) if f not in set(anchors)]
-    obj_video = jnp.zeros((o,), jnp.int32)
-    step = max(min(chunk_size, len(to_track)), 1)
-    for lo in range(0, len(to_track), step):
-        idx = to_track[lo : lo + step]
-        pad = step - len(idx)
-        chunk = _load(frames, idx)
-        chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        bank, out = prop.propagate_chunk_jit(
-            model,
-            bank,
-            cond,
-            jnp.asarray(chunk[:, None]),
-            jnp.asarray(idx + [idx[-1]] * pad, jnp.int32),
-            jnp.asarray(np.arange(step) < len(idx)),
-            obj_video,
-            jnp.int32(n),
-            video_size=tuple(video_size),
-            reverse=False,
-        )
-        out = jax.device_get(out)
-        logits[idx] = out.video_res_masks[: len(idx), :, 0]
-        scores[idx] = out.object_score_logits[: len(idx), :, 0]
-        ptrs[idx] = out.obj_ptr[: len(idx)]
     is_anchor = np.zeros(n, bool)
-    is_anchor[anchors] = True
+    promoted = np.zeros((n, o), bool)
+    for c in chunks:
+        logits[c.frame_index] = c.video_res_logits
+        scores[c.frame_index] = c.object_score_logits
+        ptrs[c.frame_index] = c.obj_ptr
+        is_anchor[c.frame_index] = c.is_anchor
+        promoted[c.frame_index] = c.promoted
     return AnchoredPropagation(
         video_res_logits=logits,
         object_score_logits=scores,
         obj_ptr=ptrs,
         is_anchor=is_anchor,
         anchor_heads=heads,
+        promoted=promoted,
     )

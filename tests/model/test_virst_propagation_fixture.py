@@ -19,6 +19,7 @@ from shared_paths import VIRST_FIXTURE as FIXTURE
 
 from jax_refvos.convert import hf
 from jax_refvos.convert.torch_names import load_torch_state
+from jax_refvos.model import anchor_updater as au
 from jax_refvos.model import virst_propagation as vp
 from jax_refvos.model.sam2 import memory_bank as mb
 from jax_refvos.model.sam2 import propagation as prop
@@ -266,3 +267,37 @@ def test_noobj_run_all_masks_absent(fx):
     print(errs)
     assert (out.object_score_logits < 0).all()
     assert max(errs.values()) < RTOL, errs
+
+
+def test_dynamic_anchor_update(fx, eval_run):
+    """`AnchorConfig.dynamic_update` (not in the released code): a tracked frame whose quality
+    clears the threshold becomes a conditioning frame for the frames after it."""
+    acts, _, model, frames = fx
+
+    def run(cfg):
+        return vp.propagate_with_anchors(
+            model,
+            frames,
+            ANCHORS,
+            np.ones(3, bool),
+            _prompts(acts, "eval"),
+            video_size=VIDEO_SIZE,
+            chunk_size=CHUNK,
+            anchor_cfg=cfg,
+        )
+
+    # Default threshold 0.9: this random-weight model's quality (IoU x sigmoid(score) ~ 0.3)
+    # never clears it, so nothing changes (up to float summation order: the bank has 8 more,
+    # empty, conditioning slots).
+    same = run(au.AnchorConfig(dynamic_update=True))
+    assert not same.promoted.any()
+    assert rel_err(same.video_res_logits, eval_run.video_res_logits) < 1e-5
+    # Threshold 0, gap 3: of frames 1..5, 7..10 only frame 3 is >= 3 frames from every
+    # conditioning frame (0, 6, 11; then 3 itself).
+    out = run(au.AnchorConfig(dynamic_update=True, promote_threshold=0.0, promote_min_gap=3))
+    assert np.flatnonzero(out.promoted[:, 0]).tolist() == [3]
+    np.testing.assert_array_equal(out.is_anchor, eval_run.is_anchor)
+    assert rel_err(out.video_res_logits[:4], eval_run.video_res_logits[:4]) < 1e-5
+    moved = [rel_err(out.video_res_logits[f], eval_run.video_res_logits[f]) for f in (4, 5)]
+    print({"frames 4, 5 moved by": moved})
+    assert min(moved) > 1e-4

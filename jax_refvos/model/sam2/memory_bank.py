@@ -65,6 +65,22 @@ class MemoryBank:
             ptr_valid=jnp.zeros((b, p), bool),
         )
 
+    def grow_cond(self, extra: int) -> "MemoryBank":
+        """The same bank with `extra` more (empty) conditioning slots at the end."""
+        if extra <= 0:
+            return self
+
+        def pad(x, value):
+            widths = [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2)
+            return jnp.pad(x, widths, constant_values=value)
+
+        return self.replace(
+            cond_feats=pad(self.cond_feats, 0),
+            cond_ptr=pad(self.cond_ptr, 0),
+            cond_frame=pad(self.cond_frame, NO_FRAME),
+            cond_valid=pad(self.cond_valid, False),
+        )
+
     def add_cond(
         self,
         slot: int,
