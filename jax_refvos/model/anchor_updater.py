@@ -152,13 +152,15 @@ def rollout_plan(
     use_cond_frames: bool,
     window_forward: int = 5,
     window_backward: int = 2,
+    frame_valid: Bool[Array, "t"] | None = None,
 ) -> RolloutPlan:
     """The frames `VirstForCausalLM.forward` hands to `SAM2Virst.forward_tracking`.
 
     `anchors`: sorted distinct frame indices (from `train_anchors`). Without `use_cond_frames`
     the sub-sequence is the anchors alone; with it, every frame within +1..+window_forward and
     -1..-window_backward of an anchor joins. Processing order: the first anchor, then every
-    other local position ascending.
+    other local position ascending. `frame_valid` (default all) masks padded frames out of the
+    windows; anchors must be valid frames.
     """
     anchors = jnp.asarray(anchors, jnp.int32)
     g = jnp.arange(num_frames, dtype=jnp.int32)
@@ -166,6 +168,8 @@ def rollout_plan(
     is_anchor_frame = jnp.any(d == 0, axis=1)
     in_window = (d >= -window_backward) & (d <= window_forward)
     window_valid = jnp.any(in_window, axis=1) if use_cond_frames else is_anchor_frame
+    if frame_valid is not None:  # padded frames past the video's end never join
+        window_valid = window_valid & frame_valid
     n = jnp.sum(window_valid)
     (frames,) = jnp.nonzero(window_valid, size=num_frames, fill_value=0)
     frames = frames.astype(jnp.int32)

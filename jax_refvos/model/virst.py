@@ -151,6 +151,10 @@ class Virst(nnx.Module):
         input_ids: Int[Array, "b l"],
         text_valid: Bool[Array, "b l"] | None = None,
         stf_feats: Float[Array, "b t h w c"] | None = None,
+        *,
+        visual: Float[Array, "b v D"] | None = None,
+        visual_valid: Bool[Array, "b v"] | None = None,
+        stf_valid: Bool[Array, "b t"] | None = None,
     ) -> tuple[Float[Array, "b n D"], multimodal.SplicedSequence, Int[Array, "b q"]]:
         """Splice the visual tokens, (ISF,) run the LLM: final-normed hidden states of the whole
         spliced sequence, the splice bookkeeping and the `[SEG]` text indices (`seg_index`).
@@ -160,28 +164,34 @@ class Virst(nnx.Module):
             input_ids: text ids with one `<image>` (-200) placeholder and `num_seg_tokens`
                 `[SEG]` ids; `text_valid` marks the real ids (a prefix; None: all).
             stf_feats: `stf_features` of the STF frames; required when `initial_seg_fusion`.
+            visual, visual_valid: `visual_tokens(vlm_frames)` when already computed (then
+                `vlm_frames` is not read) and which of them are real (padded clips: False).
+            stf_valid: which STF frames are real (None: all).
         """
         cfg = self.cfg
         if cfg.initial_seg_fusion and stf_feats is None:
             raise VirstInputError("virst.py: initial_seg_fusion needs the STF features")
         if text_valid is None:
             text_valid = jnp.ones(input_ids.shape, bool)
-        visual = self.visual_tokens(vlm_frames)
+        if visual is None:
+            visual = self.visual_tokens(vlm_frames)
         b, v, _ = visual.shape
+        if visual_valid is None:
+            visual_valid = jnp.ones((b, v), bool)
         embeds = multimodal.embed_text_ids(self.lm.model.embed_tokens.embedding[...], input_ids)
         spliced = multimodal.splice_visual_tokens(
             embeds,
             input_ids,
             text_valid,
             visual[:, None],
-            jnp.ones((b, 1, v), bool),
+            visual_valid[:, None],
             out_len=multimodal.spliced_length(input_ids.shape[1], 1, v),
         )
         index = self.seg_index(input_ids)
         x = spliced.embeds
         if cfg.initial_seg_fusion:
             seg_embeds = multimodal.gather_tokens(x, spliced.text_to_out, index)
-            fused = self.initial_seg_fusion_module(seg_embeds, stf_feats)
+            fused = self.initial_seg_fusion_module(seg_embeds, stf_feats, stf_valid)
             pos = jnp.take_along_axis(spliced.text_to_out, index, axis=1)
             x = x.at[jnp.arange(b)[:, None], pos].set(fused.astype(x.dtype), mode="drop")
         hidden = self.lm.hidden(

@@ -153,59 +153,101 @@ def spliced_labels(
     return out.at[rows, where].set(labels, mode="drop")
 
 
+def visual_valid_tokens(
+    vlm_valid: Bool[Array, "b tv"], clip_frames: int, num_tokens: int
+) -> Bool[Array, "b v"]:
+    """Per visual token: its 4-frame clip is made of real frames (a valid prefix of clips)."""
+    b, tv = vlm_valid.shape
+    clips = jnp.all(vlm_valid.reshape(b, tv // clip_frames, clip_frames), axis=-1)
+    return jnp.repeat(clips, num_tokens // clips.shape[1], axis=1)
+
+
 def virst_train_forward(
     model,
     *,
     vlm_frames: Float[Array, "b tv H W 3"],
     stf_frames: Float[Array, "b t S S 3"],
-    input_ids: Int[Array, "b l"],
-    labels: Int[Array, "b l"],
-    gt_masks: Float[Array, "b t S S"],
-    anchors: Int[Array, "b k"],
-    text_valid: Bool[Array, "b l"] | None = None,
+    input_ids: Int[Array, "r l"],
+    labels: Int[Array, "r l"],
+    gt_masks: Float[Array, "r t M M"],
+    anchors: Int[Array, "r k"],
+    text_valid: Bool[Array, "r l"] | None = None,
+    row_video: Int[Array, "r"] | None = None,
+    row_valid: Bool[Array, "r"] | None = None,
+    vlm_valid: Bool[Array, "b tv"] | None = None,
+    stf_valid: Bool[Array, "b t"] | None = None,
     anchor_cfg: au.AnchorConfig = DEFAULT_ANCHORS,
     loss_cfg: losses.VirstLossConfig = DEFAULT_LOSSES,
 ) -> tuple[dict[str, Float[Array, ""]], RolloutOutput]:
     """The training forward of `model.virst.Virst` (dropout-free; see the module docstring).
 
+    Videos (b) are encoded once; rows (r: one expression each, VIRST's conversations) share
+    their video's visual tokens and SAM2 features.
+
     Args:
-        vlm_frames, stf_frames, input_ids, text_valid: as `Virst.__call__`; `labels` are the
-            text labels (IGNORE_INDEX on prompt tokens), aligned with `input_ids`.
-        gt_masks: binary GT of each STF frame at the SAM2 input size (VIRST: 1024^2 squares).
-        anchors: sorted distinct STF-frame indices per row (`anchor_updater.train_anchors`).
+        vlm_frames, stf_frames: ImageNet-normalised VLM (448) and STF (SAM2 size) views per
+            video; `vlm_valid` / `stf_valid` mark real frames (a prefix; None: all; the VLM
+            prefix is a multiple of the clip length).
+        input_ids, text_valid, labels: per row, as `Virst.lm_forward` (labels IGNORE_INDEX on
+            prompt tokens), aligned with `input_ids`.
+        gt_masks: binary GT of each STF frame per row, at the loss resolution (VIRST: 1024^2).
+        anchors: sorted distinct real STF-frame indices per row (`anchor_updater.train_anchors`).
+        row_video: the video of each row (None: row i is video i); `row_valid`: real rows
+            (padding rows add nothing to any loss).
 
     Returns:
-        (the `losses.virst_losses` dict, the stacked per-row `RolloutOutput`).
+        (the `losses.virst_losses` dict, the per-row `RolloutOutput`).
     """
+    b, t = stf_frames.shape[:2]
+    r = input_ids.shape[0]
+    if row_video is None:
+        row_video = jnp.arange(r, dtype=jnp.int32)
     if text_valid is None:
         text_valid = jnp.ones(input_ids.shape, bool)
-    b, t = stf_frames.shape[:2]
+    if row_valid is None:
+        row_valid = jnp.ones((r,), bool)
+    if stf_valid is None:
+        stf_valid = jnp.ones((b, t), bool)
     sam2: Sam2Model = model.seg_model
     feats = sam2.forward_image(einops.rearrange(stf_frames, "b t H W c -> (b t) H W c"))
-    pix = einops.rearrange(feats.pix, "(b t) h w c -> b t h w c", b=b)
+    feats = jax.tree.map(lambda x: x.reshape(b, t, *x.shape[1:]), feats)
+    visual = model.visual_tokens(vlm_frames)
+    visual_valid = None
+    if vlm_valid is not None:
+        visual_valid = visual_valid_tokens(vlm_valid, model.cfg.umt.clip_frames, visual.shape[1])
+        visual_valid = visual_valid[row_video]
+    row_feats = jax.tree.map(lambda x: x[row_video], feats)
+    pix, frame_valid = row_feats.pix, stf_valid[row_video]
     hidden, spliced, index = model.lm_forward(
-        vlm_frames, input_ids, text_valid, jax.lax.stop_gradient(pix)
+        None,
+        input_ids,
+        text_valid,
+        jax.lax.stop_gradient(pix),
+        visual=visual[row_video],
+        visual_valid=visual_valid,
+        stf_valid=frame_valid,
     )
     seg_hidden = multimodal.gather_tokens(hidden, spliced.text_to_out, index)
-    prompts = model.seg_prompts(seg_hidden, pix)  # [b, q, t, d]
+    prompts = model.seg_prompter(seg_hidden, pix, frame_valid=frame_valid).prompts  # [r,q,t,d]
     lm_logits = model.lm.head(hidden)
-    lm_labels = spliced_labels(labels, text_valid, spliced.text_to_out, hidden.shape[1])
-
-    row_feats = jax.tree.map(lambda x: x.reshape(b, t, *x.shape[1:]), feats)
+    lm_labels = spliced_labels(
+        labels, text_valid & row_valid[:, None], spliced.text_to_out, hidden.shape[1]
+    )
     num_tracked = anchor_cfg.max_tracked_frames(t)
 
-    def one_row(row_feats, row_prompts, row_anchors):
+    def one_row(row_feats, row_prompts, row_anchors, row_frame_valid):
         plan = au.rollout_plan(
             row_anchors,
             t,
             use_cond_frames=anchor_cfg.use_cond_frames,
             window_forward=anchor_cfg.window_forward,
             window_backward=anchor_cfg.window_backward,
+            frame_valid=row_frame_valid,
         )
         k_prompts = jnp.take(row_prompts, row_anchors, axis=1).transpose(1, 0, 2)  # [k, q, d]
         return train_rollout(sam2, row_feats, k_prompts, row_anchors, plan, num_tracked=num_tracked)
 
-    out = jax.vmap(one_row)(row_feats, prompts, anchors.astype(jnp.int32))
+    out = jax.vmap(one_row)(row_feats, prompts, anchors.astype(jnp.int32), frame_valid)
     gt = jnp.take_along_axis(gt_masks, out.frames[:, :, None, None], axis=1)
     loss = losses.virst_losses(
         loss_cfg,
@@ -216,6 +258,6 @@ def virst_train_forward(
         gt_masks=gt,
         pred_iou=out.ious,
         object_score_logits=out.object_score_logits,
-        valid=out.valid,
+        valid=out.valid & row_valid[:, None],
     )
     return loss, out

@@ -136,3 +136,30 @@ def test_trainw_detects_wrong_memory_rules(model, batch, acts, monkeypatch, muta
     err = rel_err(low[idx], acts["trainw_sam_low_res_logits_noncond"])
     print(mutation, f"{err:.1e}")
     assert err > 3 * ARRAY_REL_TOL
+
+
+@pytest.mark.slow  # one more compile and run at 16 STF frames (~2 min)
+def test_trainw_padded_batch_gives_the_same_losses(model, batch, acts):
+    """Static-shape padding as the input pipeline produces it changes nothing: 4 padded VLM
+    frames (one UMT clip), 4 padded STF frames (windows may not reach them) and a padding row
+    (another expression slot of the same video) with garbage anchors, masks and labels."""
+    pad = lambda x, n: jnp.concatenate([x, jnp.full((x.shape[0], n, *x.shape[2:]), 7.0)], 1)
+    two = lambda x: jnp.concatenate([x, x[:, ::-1] if x.ndim > 1 else x])
+    anchor_cfg = au.AnchorConfig(use_cond_frames=True)
+    padded = dict(
+        vlm_frames=pad(batch["vlm_frames"], 4),
+        stf_frames=pad(batch["stf_frames"], 4),
+        vlm_valid=jnp.arange(16)[None] < 12,
+        stf_valid=jnp.arange(16)[None] < 12,
+        input_ids=two(batch["input_ids"]),
+        labels=two(batch["labels"]),
+        gt_masks=jnp.concatenate([pad(batch["gt_masks"], 4), 1 - pad(batch["gt_masks"], 4)]),
+        anchors=jnp.asarray([[1, 3, 8], [0, 13, 15]], jnp.int32),
+        row_video=jnp.zeros((2,), jnp.int32),
+        row_valid=jnp.asarray([True, False]),
+    )
+    forward = nnx.jit(lambda m, b: virst_train.virst_train_forward(m, **b, anchor_cfg=anchor_cfg))
+    got, out = forward(model, padded)
+    np.testing.assert_array_equal(np.asarray(out.frames[0]), np.r_[np.arange(12), [0] * 4])
+    assert np.asarray(out.valid[0]).tolist() == [True] * 12 + [False] * 4
+    _check_losses(got, acts, "trainw_")
