@@ -74,7 +74,10 @@ def base() -> ml_collections.ConfigDict:
 
 def _split_spec(spec: str | Path, arg: str | None) -> tuple[Path, str | None]:
     text = str(spec)
-    if arg is None and ":" in Path(text).name:
+    if arg is None and ".py:" in text:  # the argument may itself hold "/" (paths) or ":"
+        head, _, arg = text.partition(".py:")
+        text = head + ".py"
+    elif arg is None and ":" in Path(text).name:
         text, _, arg = text.rpartition(":")
     return Path(text), arg
 

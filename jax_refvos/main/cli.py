@@ -37,9 +37,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jax_refvos.main.track",
         "SAM2/SAM2.1 video object tracking from a mask, clicks or a box (official .pt weights)",
     ),
+    "train": (
+        "jax_refvos.main.train",
+        "train VIRST from a config (sharded, resumable): metrics.jsonl, TensorBoard, checkpoints",
+    ),
     "predict": (
         "jax_refvos.main.predict",
         "VIRST: mask a video's object named by a sentence (logits.npy, PNGs, overlay mp4 or GIF)",
+    ),
+    "evaluate": (
+        "jax_refvos.main.evaluate",
+        "VIRST on every expression of a converted split -> PNGs + J&F (or a submission zip)",
     ),
 }
 

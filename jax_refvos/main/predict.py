@@ -5,7 +5,8 @@
       [--seed 42] [--dynamic_anchors] [--overlay auto|mp4|gif] [--chunk_size 8] [--overwrite]
 
 --workdir is a weights directory written by `refvos import-weights --kind virst` (its
-`tokenizer/` holds the tokenizer). --video is a folder of JPEG frames, taken sorted by name (by
+`tokenizer/` holds the tokenizer) or a `refvos train` workdir (its newest checkpoint).
+--video is a folder of JPEG frames, taken sorted by name (by
 number when every name is a number), or a video file (.mp4, .avi, .mov, .mkv, .webm) decoded
 with PyAV (`pip install 'jax_refvos[video]'`), whose frames are named 00000, 00001, ... The
 prompt is VIRST's chat template (`pipeline/prompts.py`): question template
@@ -38,12 +39,15 @@ from absl import flags
 from PIL import Image
 
 from jax_refvos.errors import InputError
-from jax_refvos.main import cli, video_io
+from jax_refvos.main import cli, video_io, virst_workdir
 
 
 def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
-        "workdir", None, "Weights dir from `import-weights --kind virst`.", flag_values=fv
+        "workdir",
+        None,
+        "Weights dir (`import-weights --kind virst`) or training workdir.",
+        flag_values=fv,
     )
     flags.DEFINE_string("video", None, "Folder of JPEG frames, or a video file.", flag_values=fv)
     flags.DEFINE_string("text", None, "The referring expression.", flag_values=fv)
@@ -91,45 +95,10 @@ def _template_ids(text: str, q: int, a: int) -> None:
         )
 
 
-# ----------------------------------------------------------------------------- model
-def _assemble(
-    workdir: Path, *, initial_seg_fusion: bool, seg_token_id: int, dynamic_anchors: bool = False
-):
-    """A `model.virst.Virst` from the components `convert.virst.load_virst` rebuilds."""
-    from flax import nnx
-
-    from jax_refvos.convert import virst as cvirst
-    from jax_refvos.model import anchor_updater as au
-    from jax_refvos.model import virst
-
-    parts = cvirst.load_virst(workdir)
-    cfg = virst.VirstConfig(
-        umt=parts["vision"].cfg,
-        tome=parts["projector"].cfg,
-        lm=parts["lm"].cfg,
-        sam2=parts["sam2"].cfg,
-        isf=parts["initial_seg_fusion"].cfg,
-        segprompter=parts["seg_prompter"].cfg,
-        initial_seg_fusion=initial_seg_fusion,
-        seg_token_id=seg_token_id,
-        anchors=au.AnchorConfig(dynamic_update=dynamic_anchors),
-    )
-    model = nnx.eval_shape(lambda: virst.Virst(cfg, rngs=nnx.Rngs(0)))
-    model.vision_tower = parts["vision"]
-    model.mm_projector = parts["projector"]
-    model.lm = parts["lm"]
-    model.seg_model = parts["sam2"]
-    model.initial_seg_fusion_module = parts["initial_seg_fusion"]
-    model.seg_prompter = parts["seg_prompter"]
-    return model
-
-
 # ----------------------------------------------------------------------------- command
 def body(fv: flags.FlagValues) -> None:
     from jax_refvos import fileio
-    from jax_refvos.convert import weights_dir
     from jax_refvos.pipeline import prompts, sampling
-    from jax_refvos.pipeline.tokenizer import SEG_TOKEN, load_tokenizer
 
     # Cheap checks first (flags, paths, frame headers), then the tokenizer, then the weights.
     text = fv.text.strip()
@@ -138,16 +107,9 @@ def body(fv: flags.FlagValues) -> None:
     q, a = fv.question_template_id, fv.answer_template_id
     _template_ids(text, q, a)
     workdir, out_dir = Path(fv.workdir), Path(fv.out_dir)
-    if not (workdir / "config.json").is_file():
-        raise InputError(f"{workdir}: not a weights dir (no config.json)")
+    virst_workdir.check_workdir(workdir)
     if out_dir.exists() and not fv.overwrite:
         raise InputError(f"{out_dir}: already exists (pass --overwrite to replace it)")
-    meta = weights_dir.read_meta(workdir)
-    if meta.get("kind") != "virst":
-        raise InputError(f"{workdir}: weights kind {meta.get('kind')!r}, need 'virst'")
-    tok_dir = workdir / meta.get("tokenizer", "tokenizer")
-    if not tok_dir.is_dir():
-        raise InputError(f"{tok_dir}: tokenizer directory missing")
     overlay = fv.overlay
     if overlay != "gif":
         try:
@@ -159,19 +121,15 @@ def body(fv: flags.FlagValues) -> None:
     video = video_io.Video(Path(fv.video))
     try:
         start = time.perf_counter()
-        tok = load_tokenizer(str(tok_dir), "virst")
-        ids, _ = prompts.virst_encode(tok, prompts.virst_messages(text, q, a))
-        model = _assemble(
-            workdir,
-            initial_seg_fusion=fv.initial_seg_fusion,
-            seg_token_id=tok.token_id(SEG_TOKEN),
-            dynamic_anchors=fv.dynamic_anchors,
+        model, tok = virst_workdir.load_model(
+            workdir, initial_seg_fusion=fv.initial_seg_fusion, dynamic_anchors=fv.dynamic_anchors
         )
+        ids, _ = prompts.virst_encode(tok, prompts.virst_messages(text, q, a))
         sam_size, n = model.cfg.sam2.image_size, len(video)
         rng = np.random.default_rng(fv.seed)
         vlm_idx = sampling.virst_vlm_indices(n, rng)
         sam_idx = vlm_idx[sampling.virst_sam_positions(len(vlm_idx), rng)]
-        vlm, stf = video_io.views(video, vlm_idx, sam_idx, sam_size)
+        vlm, stf = video_io.views(video, vlm_idx, sam_idx, sam_size, model.cfg.umt.img_size)
         with fileio.atomic_directory(out_dir, overwrite=fv.overwrite) as tmp:
             chunks = model.predict(
                 vlm,

@@ -146,19 +146,26 @@ class Video:
         self._container = self._decoder = None
 
 
-def views(video: Video, vlm_idx: np.ndarray, sam_idx: np.ndarray, sam_size: int):
-    """VLM float32[tv, 448, 448, 3] (bicubic, ImageNet-normalised, bf16-rounded) and STF
-    float32[ts, S, S, 3] (bilinear, normalised, bf16-rounded) views of the sampled frames, as
-    `tests/model/test_virst_end_to_end_fixture.py`; only those frames are decoded."""
+def views(
+    video: Video,
+    vlm_idx: np.ndarray,
+    sam_idx: np.ndarray,
+    sam_size: int,
+    vlm_size: int = VLM_SIZE,
+):
+    """VLM float32[tv, V, V, 3] (V = `vlm_size`, the UMT input; bicubic, ImageNet-normalised,
+    bf16-rounded) and STF float32[ts, S, S, 3] (bilinear, normalised, bf16-rounded) views of the
+    sampled frames, as `tests/model/test_virst_end_to_end_fixture.py`; only those frames are
+    decoded."""
     import jax.numpy as jnp
 
     def prep(x: np.ndarray) -> np.ndarray:
         return ((x - IMAGENET_MEAN) / IMAGENET_STD).astype(jnp.bfloat16).astype(np.float32)
 
-    vlm = np.empty((len(vlm_idx), VLM_SIZE, VLM_SIZE, 3), np.float32)
+    vlm = np.empty((len(vlm_idx), vlm_size, vlm_size, 3), np.float32)
     stf = np.empty((len(sam_idx), sam_size, sam_size, 3), np.float32)
     for i, im in video.images(vlm_idx):
-        small = np.asarray(im.resize((VLM_SIZE,) * 2, Image.Resampling.BICUBIC))
+        small = np.asarray(im.resize((vlm_size,) * 2, Image.Resampling.BICUBIC))
         vlm[vlm_idx == i] = prep((small.astype(np.float64) * (1 / 255)).astype(np.float32))
         if i in sam_idx:
             big = np.asarray(im.resize((sam_size,) * 2, Image.Resampling.BILINEAR))

@@ -1,0 +1,104 @@
+r"""Train VIRST: `tiny` (a laptop CPU, the synthetic benchmark) or `7b` (the paper's shapes).
+
+  refvos train --config configs/virst.py:variant=tiny,steps=200 --workdir runs/virst_tiny
+  refvos train --config configs/virst.py:variant=7b,init=W --workdir runs/virst_7b
+
+Arguments (`:key=value,...`): variant (tiny | 7b), steps, ckpt_every, log_every, batch (videos per
+process and step), lr, seed, init (7b: a weights dir from `refvos import-weights --kind virst`),
+mesh (e.g. data=-1 / fsdp=4 / model=2, written `mesh=1x4x2` as data x fsdp x model; -1 = the rest),
+synth (default | tiny: the synthetic benchmark's size), data_dir (where synth/ and records/ live).
+
+`tiny` (model/virst_presets.py::virst_tiny) trains every parameter from scratch on the synthetic
+benchmark (`data/synth`, converted to `data/records/synth_{train,valid_u}`; created first when
+missing). `7b` follows reference/virst.md §6: starts from imported official weights, frozen UMT and
+Hiera, LoRA-style trainable LLM parts, SegPrompter / ISF / SAM2 decoder trained, AdamW lr 1e-5.
+"""
+
+import ml_collections
+
+from jax_refvos import config_lib
+
+SYNTH_VARIANTS = {  # configs/synth_benchmark.py's variants
+    "default": dict(num_videos=300, height=240, width=320, num_frames=24),
+    "tiny": dict(num_videos=8, height=64, width=96, num_frames=8),
+}
+
+VARIANTS = ("tiny", "7b")
+
+
+def _mesh(text: str) -> dict:
+    sizes = [int(s) for s in str(text).split("x")]
+    if len(sizes) != 3:
+        raise ValueError(f"mesh must be data x fsdp x model, e.g. 1x4x2 or -1x1x1, got {text!r}")
+    return dict(zip(("data", "fsdp", "model"), sizes, strict=True))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = config_lib.parse_arg(
+        arg,
+        variant="tiny",
+        steps=-1,
+        ckpt_every=-1,
+        log_every=10,
+        batch=-1,
+        lr=-1.0,
+        seed=0,
+        init="",
+        mesh="-1x1x1",
+        synth="default",
+        data_dir="data",
+    )
+    if arg.variant not in VARIANTS:
+        raise ValueError(f"unknown variant {arg.variant!r}; choose from {VARIANTS}")
+    tiny = arg.variant == "tiny"
+    c = ml_collections.ConfigDict()
+    c.variant = arg.variant
+    c.seed = arg.seed
+    c.steps = arg.steps if arg.steps > 0 else (600 if tiny else 100_000)
+    c.log_every = arg.log_every
+    c.ckpt_every = arg.ckpt_every if arg.ckpt_every > 0 else (100 if tiny else 1000)
+    c.keep_checkpoints = 3
+    c.mesh = _mesh(arg.mesh)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = arg.variant
+    c.model.init = arg.init  # weights dir to start from ("" = random init)
+    c.model.image_size = 128 if tiny else 1024
+    c.model.vlm_size = 80 if tiny else 448
+    c.model.llm_width = 64 if tiny else 3584
+    c.model.initial_seg_fusion = True
+
+    # The synthetic benchmark the tiny preset trains on (also `refvos synth --config` input).
+    c.synth = dict(SYNTH_VARIANTS[arg.synth], seed=arg.seed)
+    c.data = ml_collections.ConfigDict()
+    c.data.synth_root = f"{arg.data_dir}/synth" if tiny else ""
+    c.data.train_records = f"{arg.data_dir}/records/synth_train" if tiny else ""
+    c.data.tokenizer_dir = "" if tiny else "tokenizer"  # "" = the synthetic tokenizer
+    c.data.batch_size = arg.batch if arg.batch > 0 else (2 if tiny else 1)
+    c.data.vlm_frames = 8 if tiny else 64
+    c.data.sam_frames = 8 if tiny else 32
+    c.data.max_expressions = 2 if tiny else 3
+    c.data.max_text_len = 128 if tiny else 512
+    c.data.num_workers = 0
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = arg.lr if arg.lr > 0 else (1e-3 if tiny else 1e-5)
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = 20 if tiny else 140
+    c.optim.weight_decay = 0.0
+    c.optim.clip_norm = 1.0
+    c.optim.grad_accum = 1
+
+    c.anchors = ml_collections.ConfigDict()
+    c.anchors.use_cond_frames = True
+    c.anchors.dynamic_update = False
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.ce_weight = 1.0
+    c.loss.bce_weight = 1.0
+    c.loss.dice_weight = 1.0
+    c.loss.iou_weight = 0.05
+    c.loss.occ_weight = 0.05
+
+    c.trainable = "everything" if tiny else "virst_paper"
+    return c

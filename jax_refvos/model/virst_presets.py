@@ -1,0 +1,94 @@
+"""VIRST model presets: `7b` (the paper's shapes) and `tiny` (trains on a laptop CPU).
+
+- `virst_7b`: UMT-L/16 at 448 px (23 blocks), ToMe16 -> Qwen2-7B, SAM2.1-L at 1024 px with
+  VIRST's builder overrides, fusion widths as released (reference/virst.md §2, §3, §5). Its
+  weights come from `refvos import-weights --kind virst` (or VideoChat-Flash + SAM2.1-L).
+- `virst_tiny`: every component kept, every size cut: a 2-block UMT at 128 px (8 x 8 patches, so
+  a 4-frame clip has 256 tokens, ToMe'd to 64), a 2-layer Qwen2 of width 64 over the synthetic
+  tokenizer's vocabulary, and a SAM2.1 with the shared fixture's tiny Hiera (embed 16, stages
+  1-1-2-1) at 256 px; the ST-Fusion grids follow the SAM2 size (stride-16 map 16 x 16 -> 2 x 2).
+
+# DEVIATION(VIRST): the fusion modules hard-code a 64 x 64 stride-16 map (an 8 x 8 grid, so
+# image size 1024); the tiny preset uses image_size / 128 as the grid instead.
+"""
+
+import dataclasses
+
+from jax_refvos.model import virst
+from jax_refvos.model.backbone.lm_config import qwen2_7b, tiny_qwen2
+from jax_refvos.model.backbone.tome import Tome16Config
+from jax_refvos.model.backbone.umt import UmtConfig, umt_large
+from jax_refvos.model.fusion_common import InitialSegFusionConfig, SegPrompterConfig
+from jax_refvos.model.sam2.config import HieraConfig, NeckConfig
+from jax_refvos.model.virst_sam2_config import virst_sam2_config
+
+QWEN2_7B_VOCAB_VIRST = 151647  # resized to len(tokenizer) after adding [SEG]
+_FUSION_DOWNSAMPLE = 128  # SAM2 stride 16 x three stride-2 convs in the fusion modules
+
+
+def _config(umt, lm, sam2, *, seg_token_id: int, **overrides) -> virst.VirstConfig:
+    """The fusion modules and projector follow the towers' widths and the SAM2 size."""
+    grid = sam2.image_size // _FUSION_DOWNSAMPLE
+    if grid * _FUSION_DOWNSAMPLE != sam2.image_size:
+        raise ValueError(f"image_size {sam2.image_size} must be a multiple of {_FUSION_DOWNSAMPLE}")
+    return virst.VirstConfig(
+        umt=umt,
+        tome=Tome16Config(
+            vision_dim=umt.embed_dim, llm_dim=lm.hidden_size, metric_heads=umt.num_heads
+        ),
+        lm=lm,
+        sam2=sam2,
+        isf=InitialSegFusionConfig(hidden_dim=lm.hidden_size, grid_hw=grid),
+        segprompter=SegPrompterConfig(in_dim=lm.hidden_size, grid_hw=grid),
+        seg_token_id=seg_token_id,
+        **overrides,
+    )
+
+
+def virst_7b(
+    *, vocab_size: int = QWEN2_7B_VOCAB_VIRST, seg_token_id: int = virst.SEG_TOKEN_ID, **overrides
+) -> virst.VirstConfig:
+    """The released VIRST: UMT-L 448 px, Qwen2-7B, SAM2.1-L 1024 px."""
+    lm = qwen2_7b(vocab_size=vocab_size)
+    return _config(umt_large(), lm, virst_sam2_config(), seg_token_id=seg_token_id, **overrides)
+
+
+def virst_tiny(
+    *,
+    vocab_size: int,
+    seg_token_id: int,
+    image_size: int = 256,
+    vlm_size: int = 128,
+    llm_width: int = 64,
+    **overrides,
+) -> virst.VirstConfig:
+    """A CPU-trainable VIRST with every component (see the module docstring).
+
+    `vocab_size` / `seg_token_id` come from the tokenizer the data pipeline uses.
+    """
+    umt = UmtConfig(img_size=vlm_size, embed_dim=64, num_heads=4, depth=2)
+    lm = tiny_qwen2(
+        vocab_size=vocab_size,
+        hidden_size=llm_width,
+        intermediate_size=2 * llm_width + 8,
+        max_position_embeddings=1024,
+    )
+    trunk = HieraConfig(
+        embed_dim=16,
+        num_heads=2,
+        stages=(1, 1, 2, 1),
+        global_att_blocks=(3,),
+        window_spec=(8, 4, 16, 8),
+    )
+    base = virst_sam2_config()
+    sam2 = dataclasses.replace(
+        base,
+        name="sam2.1_hiera_tiny_virst",
+        trunk=trunk,
+        neck=NeckConfig(backbone_channel_list=trunk.channel_list),
+        memory_attention=dataclasses.replace(
+            base.memory_attention, num_layers=2, dim_feedforward=256
+        ),
+        image_size=image_size,
+    )
+    return _config(umt, lm, sam2, seg_token_id=seg_token_id, **overrides)

@@ -1,0 +1,1 @@
+"""Sharded optimisation: train state, optimizer, step, loop, metrics logging."""

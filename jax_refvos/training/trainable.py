@@ -1,0 +1,60 @@
+"""Which parameters train: path regexes over the model's variable paths.
+
+A parameter's path is its attribute path joined by "/", e.g. `vision_tower/blocks/0/attn/qkv/
+kernel` or `lm/model/layers/3/self_attn/q_proj/lora_a`. A parameter trains when it matches one
+`trainable` pattern and no `frozen` pattern (`re.search`). reference/virst.md §6.3 (VIRST's
+recipe, mostly inferred): UMT frozen, LoRA on the LLM, SegPrompter + ISF + the `[SEG]` row
+trained, SAM2's decoder trained.
+"""
+
+import dataclasses
+import re
+from collections.abc import Sequence
+
+import jax
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainableSpec:
+    """Regex lists over "/"-joined parameter paths (frozen wins over trainable)."""
+
+    trainable: tuple[str, ...] = (".*",)
+    frozen: tuple[str, ...] = ()
+
+    def matches(self, path: Sequence) -> bool:
+        text = path_text(path)
+        if any(re.search(p, text) for p in self.frozen):
+            return False
+        return any(re.search(p, text) for p in self.trainable)
+
+    def filter(self):
+        """An NNX filter: `nnx.Param` variables whose path trains."""
+        return nnx.All(nnx.Param, lambda path, _: self.matches(path))
+
+
+def path_text(path: Sequence) -> str:
+    return "/".join(str(getattr(p, "key", p)) for p in path)
+
+
+def param_counts(model: nnx.Module, spec: TrainableSpec) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    train = sum(x.size for x in jax.tree.leaves(nnx.state(model, spec.filter())))
+    return int(train), int(total)
+
+
+# VIRST's recipe (reference/virst.md §6.3), for a model built from official weights.
+VIRST_PAPER = TrainableSpec(
+    trainable=(
+        r"^seg_prompter/",
+        r"^initial_seg_fusion_module/",
+        r"^seg_model/sam_mask_decoder/",
+        r"lora_[ab]",
+        r"^lm/model/embed_tokens/",
+        r"^lm/lm_head/",
+    ),
+    frozen=(r"^vision_tower/", r"^seg_model/image_encoder/"),
+)
+# From scratch (the tiny preset): everything trains.
+EVERYTHING = TrainableSpec()

@@ -1,0 +1,214 @@
+"""The VIRST training loop: config -> model on a mesh -> Grain batches -> sharded steps -> workdir.
+
+The workdir explains itself: `config.json` (the resolved config), `metrics.jsonl` (one JSON object
+per logged step), `tensorboard/`, `checkpoints/<step>/` (model, optimizer and the Grain
+iterator's position). Rerunning the same command resumes from the newest checkpoint; SIGTERM or
+Ctrl-C saves a checkpoint at the current step and exits cleanly.
+"""
+
+import logging
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jax_refvos import config_lib, losses, sharding
+from jax_refvos.checkpoint import Checkpointer, PreemptionGuard, abstract_like
+from jax_refvos.errors import InputError
+from jax_refvos.model import anchor_updater as au
+from jax_refvos.model import virst, virst_presets
+from jax_refvos.pipeline.config import SYNTH_TOKENIZER, PipelineConfig
+from jax_refvos.pipeline.dataset import make_dataset
+from jax_refvos.pipeline.tokenizer import load_tokenizer
+from jax_refvos.training import optim, trainable, virst_step
+from jax_refvos.training.metrics import MetricsLogger, write_config
+
+log = logging.getLogger(__name__)
+TRAINABLE = {"everything": trainable.EVERYTHING, "virst_paper": trainable.VIRST_PAPER}
+
+
+def ensure_synthetic_records(c: ml_collections.ConfigDict) -> None:
+    """The tiny preset's data: generate `data/synth` and convert its train split if missing."""
+    records = Path(c.data.train_records)
+    if (records / "manifest.json").is_file() or not c.data.synth_root:
+        return
+    from jax_refvos.datasets.convert import convert_dataset
+    from jax_refvos.datasets.synthetic import SynthConfig, generate_benchmark
+
+    root = Path(c.data.synth_root)
+    if not (root / "train").is_dir():
+        log.info("creating the synthetic benchmark in %s", root)
+        generate_benchmark(root, config_lib.to_dataclass(SynthConfig, c.synth, where="synth"))
+    log.info("converting %s/train to %s", root, records)
+    convert_dataset("synth", root, "train", records)
+
+
+def model_config(c: ml_collections.ConfigDict, tok) -> virst.VirstConfig:
+    anchors = au.AnchorConfig(
+        use_cond_frames=c.anchors.use_cond_frames, dynamic_update=c.anchors.dynamic_update
+    )
+    common = dict(initial_seg_fusion=c.model.initial_seg_fusion, anchors=anchors)
+    if c.model.preset == "tiny":
+        return virst_presets.virst_tiny(
+            vocab_size=tok.vocab_size,
+            seg_token_id=tok.seg_id,
+            image_size=c.model.image_size,
+            vlm_size=c.model.vlm_size,
+            llm_width=c.model.llm_width,
+            **common,
+        )
+    return virst_presets.virst_7b(vocab_size=tok.vocab_size, seg_token_id=tok.seg_id, **common)
+
+
+def pipeline_config(c: ml_collections.ConfigDict, tokenizer_dir: str) -> PipelineConfig:
+    if not c.data.train_records:
+        raise InputError("config: data.train_records is empty (the 7b preset needs your records)")
+    return PipelineConfig.virst(
+        mixture={"train": (c.data.train_records, 1.0)},
+        batch_size=c.data.batch_size,
+        vlm_size=c.model.vlm_size,
+        sam_size=c.model.image_size,
+        mask_size=c.model.image_size,
+        vlm_frames=c.data.vlm_frames,
+        sam_frames=c.data.sam_frames,
+        max_expressions=c.data.max_expressions,
+        max_text_len=c.data.max_text_len,
+        tokenizer_dir=tokenizer_dir,
+        seed=c.seed,
+        num_workers=c.data.num_workers,
+    )
+
+
+def _tokenizer_dir(c: ml_collections.ConfigDict) -> str:
+    if not c.data.tokenizer_dir:
+        return SYNTH_TOKENIZER
+    if c.model.init and not Path(c.data.tokenizer_dir).is_absolute():
+        return str(Path(c.model.init) / c.data.tokenizer_dir)
+    return c.data.tokenizer_dir
+
+
+def make_mesh(c: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The config's mesh; fixed sizes use the first that many devices, -1 takes the rest.
+
+    The per-process batch (videos) must divide over the batch axes ("data", "fsdp").
+    """
+    axes = dict(c.mesh)
+    devices = jax.devices()
+    if -1 not in axes.values():
+        devices = devices[: int(np.prod(list(axes.values())))]
+    mesh = sharding.make_mesh(axes, devices=devices)
+    split = mesh.shape["data"] * mesh.shape["fsdp"]
+    if (c.data.batch_size * jax.process_count()) % split:
+        raise InputError(
+            f"config: batch {c.data.batch_size} x {jax.process_count()} processes does not "
+            f"divide over data x fsdp = {split} devices (set batch= or mesh=)"
+        )
+    return mesh
+
+
+def build(c: ml_collections.ConfigDict, mesh):
+    """(model, optimizer, spec) on `mesh`: random init, or the `model.init` weights dir."""
+    tok = load_tokenizer(_tokenizer_dir(c), "virst")
+    cfg = model_config(c, tok)
+    if c.model.init:
+        from jax_refvos.main.virst_workdir import assemble_from_weights
+
+        model = assemble_from_weights(
+            Path(c.model.init),
+            initial_seg_fusion=c.model.initial_seg_fusion,
+            seg_token_id=tok.seg_id,
+            dynamic_anchors=c.anchors.dynamic_update,
+        )
+    else:
+        model = virst.Virst(cfg, rngs=nnx.Rngs(c.seed))
+    sharding.place_state(model, mesh)
+    spec = TRAINABLE[c.trainable]
+    ocfg = config_lib.to_dataclass(
+        optim.OptimConfig, {**c.optim.to_dict(), "total_steps": c.steps}, where="config: optim"
+    )
+    optimizer = nnx.Optimizer(model, optim.make_optimizer(ocfg), wrt=spec.filter())
+    # Moments carry their parameter's axis names; without this they would sit on one device
+    # (zeros_like has no data dependence) and the second step would compile again.
+    sharding.place_state(optimizer, mesh)
+    return model, optimizer, spec, tok
+
+
+def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """Runs (or resumes) training; returns the last logged metrics."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_config(workdir, c)
+    ensure_synthetic_records(c)
+    mesh = make_mesh(c)
+    model, optimizer, spec, tok = build(c, mesh)  # built unsharded, then placed (`sharding.py`)
+    n_train, n_total = trainable.param_counts(model, spec)
+    log.info("parameters: %d trainable of %d", n_train, n_total)
+    data_iter = iter(
+        make_dataset(
+            pipeline_config(c, _tokenizer_dir(c)),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    )
+    ckpt = Checkpointer(workdir / "checkpoints", keep=c.keep_checkpoints, save_every=c.ckpt_every)
+    start = ckpt.latest_step() or 0
+    if start:
+        target = {"model": nnx.state(model), "opt": nnx.state(optimizer)}
+        restored = ckpt.restore(abstract_like(target), data_iter)
+        nnx.update(model, restored["model"])
+        nnx.update(optimizer, restored["opt"])
+        log.info("resumed from step %d", start)
+    anchor_cfg = model.cfg.anchors
+    loss_cfg = config_lib.to_dataclass(losses.VirstLossConfig, c.loss, where="config: loss")
+    step_fn = virst_step.make_train_step(spec, anchor_cfg=anchor_cfg, loss_cfg=loss_cfg)
+    put = virst_step.batch_sharding(mesh)
+    last: dict = {}
+    logger = MetricsLogger(
+        workdir, total_steps=c.steps, start_step=start, enable=jax.process_index() == 0
+    )
+    try:
+        with PreemptionGuard() as guard, jax.set_mesh(mesh):
+            for step in range(start + 1, c.steps + 1):
+                batch = jax.device_put({k: np.asarray(v) for k, v in next(data_iter).items()}, put)
+                metrics = step_fn(model, optimizer, batch)
+                logger.advance()
+                stop = guard.stop_requested()
+                if step % c.log_every == 0 or step == c.steps or stop:
+                    last = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+                    logger.log(step, metrics)
+                state = {"model": nnx.state(model), "opt": nnx.state(optimizer)}
+                ckpt.save(step, state, data_iter, force=step == c.steps or stop)
+                if stop:
+                    log.warning("stop requested: saved step %d", step)
+                    break
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        logger.close()
+    return last
+
+
+def is_training_workdir(workdir: str | Path) -> bool:
+    return (Path(workdir) / "checkpoints").is_dir() and (Path(workdir) / "config.json").is_file()
+
+
+def load_trained(workdir: str | Path, *, step: int | None = None):
+    """(Virst, tokenizer) of a training workdir: its config.json and newest (or `step`)
+    checkpoint, on one device (evaluation runs one video at a time)."""
+    import json
+
+    workdir = Path(workdir)
+    c = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    c.mesh = {"data": 1, "fsdp": 1, "model": 1}
+    c.model.init = ""  # the checkpoint holds every weight
+    model, optimizer, _, tok = build(c, make_mesh(c))
+    ckpt = Checkpointer(workdir / "checkpoints", keep=c.keep_checkpoints, save_every=c.ckpt_every)
+    try:
+        target = {"model": nnx.state(model), "opt": nnx.state(optimizer)}
+        restored = ckpt.restore(abstract_like(target), step=step)
+    finally:
+        ckpt.close()
+    nnx.update(model, restored["model"])
+    return model, tok
