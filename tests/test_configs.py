@@ -7,12 +7,13 @@ import pytest
 from jax_refvos import config_lib
 from jax_refvos.datasets.synthetic import SynthConfig
 from jax_refvos.main import synth
+from jax_refvos.training import run_config
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.py"))
 # Config section -> the frozen dataclass that consumes it. A new section must be registered here,
 # so no section goes unvalidated.
-SECTIONS = {"synth": SynthConfig}
-SCALARS = {"seed"}
+SECTIONS = {"synth": SynthConfig, **run_config.SECTIONS}
+SCALARS = {"seed"} | run_config.SCALARS
 
 
 def test_there_are_configs():

@@ -193,6 +193,7 @@ def infer_video(
         video_size=video.size,
         chunk_size=chunk_size,
         anchor_cfg=model.cfg.anchors,
+        multimask=model.cfg.sam2.multimask_output_in_sam,  # as `Virst.predict`
     )
     plan = VideoPlan(vlm_frames=vlm_idx, sam_frames=sam_idx, anchors=video_anchors)
     return plan, ((c.frame_index, c.video_res_logits[:, :e]) for c in chunks)

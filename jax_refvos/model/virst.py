@@ -326,6 +326,9 @@ class Virst(nnx.Module):
             video_size=tuple(video_size),
             chunk_size=chunk_size,
             anchor_cfg=self.cfg.anchors,
+            # VIRST decodes with multimask output at eval (§9.2); a SAM2 config without it
+            # (the tiny preset) decodes mask token 0, as in training.
+            multimask=self.cfg.sam2.multimask_output_in_sam,
         )
         chunks = ((c.frame_index, c.video_res_logits[:, 0]) for c in chunks)
         if stream:

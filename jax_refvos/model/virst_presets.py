@@ -90,5 +90,9 @@ def virst_tiny(
             base.memory_attention, num_layers=2, dim_feedforward=256
         ),
         image_size=image_size,
+        # DEVIATION(VIRST §9.2): VIRST trains mask token 0 and evaluates the best of tokens 1-3,
+        # fine for a pretrained SAM2; trained from scratch, tokens 1-3 would stay untrained, so
+        # the tiny preset decodes token 0 at evaluation too.
+        multimask_output_in_sam=False,
     )
     return _config(umt, lm, sam2, seg_token_id=seg_token_id, **overrides)

@@ -22,7 +22,7 @@ from jax_refvos.model import virst, virst_presets
 from jax_refvos.pipeline.config import SYNTH_TOKENIZER, PipelineConfig
 from jax_refvos.pipeline.dataset import make_dataset
 from jax_refvos.pipeline.tokenizer import load_tokenizer
-from jax_refvos.training import optim, trainable, virst_step
+from jax_refvos.training import optim, run_config, trainable, virst_step
 from jax_refvos.training.metrics import MetricsLogger, write_config
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ def build(c: ml_collections.ConfigDict, mesh):
 def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
     workdir = Path(workdir)
+    run_config.validate(c)
     workdir.mkdir(parents=True, exist_ok=True)
     write_config(workdir, c)
     ensure_synthetic_records(c)
