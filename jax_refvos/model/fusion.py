@@ -27,14 +27,14 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float
 
 from jax_refvos import sharding
+from jax_refvos.model.common_layers import layer_norm as _layer_norm
+from jax_refvos.model.common_layers import linear as _linear
 from jax_refvos.model.fusion_common import (  # noqa: F401 (re-exported)
     FusionInputError,
     InitialSegFusionConfig,
     SegPrompterConfig,
     TorchMultiheadAttention,
     _downsample,
-    _layer_norm,
-    _linear,
     _spatial_down,
 )
 

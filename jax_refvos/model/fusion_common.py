@@ -17,6 +17,7 @@ from jaxtyping import Array, Bool, Float
 
 from jax_refvos import sharding
 from jax_refvos.errors import InputError
+from jax_refvos.model.common_layers import linear as _linear
 
 # Three stride-2 convs: the reference hard-codes a 64 x 64 map -> an 8 x 8 grid.
 _DOWN_STEPS = 3
@@ -86,30 +87,6 @@ def _hidden_size(config: Mapping[str, Any]) -> int:
 
 
 # ----------------------------------------------------------------------------- building blocks
-
-
-def _linear(d_in, d_out, axes, *, dtype, param_dtype, rngs) -> nnx.Linear:
-    return nnx.Linear(
-        d_in,
-        d_out,
-        kernel_init=sharding.annotated(nnx.initializers.lecun_normal(), axes),
-        bias_init=sharding.annotated(nnx.initializers.zeros_init(), (axes[1],)),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
-
-
-def _layer_norm(d, eps, *, dtype, param_dtype, rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(
-        d,
-        epsilon=eps,
-        scale_init=sharding.annotated(nnx.initializers.ones_init(), ("embed",)),
-        bias_init=sharding.annotated(nnx.initializers.zeros_init(), ("embed",)),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
 
 
 class ReLU(nnx.Module):

@@ -12,14 +12,14 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float
 
 from jax_refvos import sharding
+from jax_refvos.model.common_layers import layer_norm as _layer_norm
+from jax_refvos.model.common_layers import linear as _linear
 from jax_refvos.model.fusion_common import (
     FusionInputError,
     SegPrompterConfig,
     TorchMultiheadAttention,
     _attend,
     _downsample,
-    _layer_norm,
-    _linear,
     _spatial_down,
 )
 from jax_refvos.model.sam2.layers import GELU

@@ -26,6 +26,8 @@ from jaxtyping import Array, Float
 
 from jax_refvos import sharding
 from jax_refvos.errors import InputError
+from jax_refvos.model.common_layers import layer_norm as _layer_norm
+from jax_refvos.model.common_layers import linear as _linear
 from jax_refvos.model.sam2.attention import attend
 from jax_refvos.model.sam2.layers import gelu
 
@@ -122,32 +124,6 @@ def from_hf(config: Mapping[str, Any], *, source: str = "config") -> ClipVisionC
         return ClipVisionConfig(**values)
     except (TypeError, ValueError) as e:
         raise ClipConfigError(f"{source}: {e}") from e
-
-
-def _linear(
-    d_in: int, d_out: int, axes: tuple[str | None, str | None], *, dtype, param_dtype, rngs
-):
-    return nnx.Linear(
-        d_in,
-        d_out,
-        kernel_init=sharding.annotated(nnx.initializers.lecun_normal(), axes),
-        bias_init=sharding.annotated(nnx.initializers.zeros_init(), (axes[1],)),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
-
-
-def _layer_norm(d: int, eps: float, *, dtype, param_dtype, rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(
-        d,
-        epsilon=eps,
-        scale_init=sharding.annotated(nnx.initializers.ones_init(), ("embed",)),
-        bias_init=sharding.annotated(nnx.initializers.zeros_init(), ("embed",)),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
 
 
 class ClipVisionEmbeddings(nnx.Module):

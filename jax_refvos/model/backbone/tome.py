@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from jax_refvos.model.backbone.umt import linear
+from jax_refvos.model.common_layers import linear
 from jax_refvos.model.sam2.layers import GELU
 
 

@@ -22,6 +22,8 @@ from jaxtyping import Array, Float
 
 from jax_refvos import sharding
 from jax_refvos.errors import InputError
+from jax_refvos.model.common_layers import layer_norm as _layer_norm
+from jax_refvos.model.common_layers import linear
 from jax_refvos.model.sam2.attention import attend
 from jax_refvos.model.sam2.hiera import bicubic_matrix
 from jax_refvos.model.sam2.layers import gelu
@@ -148,41 +150,6 @@ def sinusoid_pos_table(frames: int, grid: int, dim: int) -> np.ndarray:
     out = einops.rearrange(table, "t h w d -> (t h w) d").astype(np.float32)
     out.setflags(write=False)
     return out
-
-
-def linear(
-    d_in: int,
-    d_out: int,
-    axes: tuple[str, str],
-    *,
-    bias: bool = True,
-    dtype=jnp.float32,
-    param_dtype=jnp.float32,
-    rngs: nnx.Rngs,
-) -> nnx.Linear:
-    """nnx.Linear with logical axes on kernel (and bias, from the output axis)."""
-    return nnx.Linear(
-        d_in,
-        d_out,
-        use_bias=bias,
-        param_dtype=param_dtype,
-        kernel_init=sharding.annotated(nnx.initializers.lecun_normal(), axes),
-        bias_init=sharding.annotated(nnx.initializers.zeros_init(), (axes[1],)),
-        dtype=dtype,
-        rngs=rngs,
-    )
-
-
-def _layer_norm(d: int, eps: float, *, dtype, param_dtype, rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(
-        d,
-        epsilon=eps,
-        param_dtype=param_dtype,
-        scale_init=sharding.annotated(nnx.initializers.ones_init(), ("embed",)),
-        bias_init=sharding.annotated(nnx.initializers.zeros_init(), ("embed",)),
-        dtype=dtype,
-        rngs=rngs,
-    )
 
 
 def _oidhw_to_dhwio(w: np.ndarray) -> np.ndarray:
