@@ -66,6 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.image_size = 128 if tiny else 1024
     c.model.vlm_size = 80 if tiny else 448
     c.model.llm_width = 64 if tiny else 3584
+    c.model.sam_width = 256  # SAM2 d_model (tiny only; the 7b preset is SAM2.1-L's 256)
+    c.model.fusion_grid = 0  # tiny only: ST-Fusion grid side (0 = image_size / 128)
     c.model.initial_seg_fusion = True
 
     # The synthetic benchmark the tiny preset trains on (also `refvos synth --config` input).

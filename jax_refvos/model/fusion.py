@@ -53,7 +53,7 @@ class InitialSegFusion(nnx.Module):
     ):
         self.cfg = cfg
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.spatial_down = _spatial_down(cfg.vision_dim, cfg.token_dim, **kw)
+        self.spatial_down = _spatial_down(cfg.vision_dim, cfg.token_dim, cfg.down_steps, **kw)
         self.spatial_norm = _layer_norm(cfg.token_dim, cfg.norm_eps, **kw)
         self.vision_proj = _linear(cfg.token_dim, cfg.hidden_dim, (None, "embed"), **kw)
         self.norm_q = _layer_norm(cfg.hidden_dim, cfg.norm_eps, **kw)
@@ -63,7 +63,9 @@ class InitialSegFusion(nnx.Module):
 
     def vision_tokens(self, vision_feats: Float[Array, "b t H W c"]) -> Float[Array, "b t s d"]:
         """`spatial_norm(spatial_down(features))`: 64 tokens per frame, (y, x) order."""
-        return self.spatial_norm(_downsample(self.spatial_down, vision_feats, self.cfg.grid_hw))
+        return self.spatial_norm(
+            _downsample(self.spatial_down, vision_feats, self.cfg.grid_hw, self.cfg.down_steps)
+        )
 
     def fuse(
         self,

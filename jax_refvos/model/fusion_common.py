@@ -35,6 +35,7 @@ class InitialSegFusionConfig:
     vision_dim: int = 256  # SAM2 d_model
     token_dim: int = 256
     grid_hw: int = 8
+    down_steps: int = _DOWN_STEPS  # stride-2 convs from the stride-16 map to the grid
     num_heads: int = 8
     norm_eps: float = 1e-5  # torch nn.LayerNorm default
     gate_init: float = 0.1
@@ -54,6 +55,7 @@ class SegPrompterConfig:
     token_dim: int = 256
     max_length: int = 100  # the reference asserts t <= max_length
     grid_hw: int = 8
+    down_steps: int = _DOWN_STEPS  # stride-2 convs from the stride-16 map to the grid
     num_heads: int = 8
     num_layers: int = 2
     ffn_dim: int = 1024  # 4 * token_dim
@@ -96,15 +98,21 @@ class ReLU(nnx.Module):
         return jax.nn.relu(x)
 
 
-def _spatial_down(c_in: int, d: int, *, dtype, param_dtype, rngs) -> nnx.List:
-    """torch's `Sequential(Conv2d(3, s2, p1), ReLU) x 3`: indices 0, 2, 4 are the convs."""
+def _spatial_down(
+    c_in: int, d: int, steps: int = _DOWN_STEPS, *, dtype, param_dtype, rngs
+) -> nnx.List:
+    """torch's `Sequential(Conv2d(3, s2, p1), ReLU) x 3`: indices 0, 2, 4 are the convs.
+
+    DEVIATION(VIRST): `steps` stride-2 convs (VIRST: 3, taking 64 x 64 to 8 x 8); with 0, one
+    stride-1 conv (a map that already is the grid, e.g. the tiny preset's 8 x 8 at 128 px).
+    """
     layers = []
-    for i in range(_DOWN_STEPS):
+    for i in range(max(steps, 1)):
         conv = nnx.Conv(
             c_in if i == 0 else d,
             d,
             kernel_size=(3, 3),
-            strides=2,
+            strides=2 if steps else 1,
             padding=((1, 1), (1, 1)),
             kernel_init=sharding.annotated(
                 nnx.initializers.lecun_normal(), (None, None, None, "embed")
@@ -119,14 +127,14 @@ def _spatial_down(c_in: int, d: int, *, dtype, param_dtype, rngs) -> nnx.List:
 
 
 def _downsample(
-    layers: nnx.List, feats: Float[Array, "b t H W c"], grid: int
+    layers: nnx.List, feats: Float[Array, "b t H W c"], grid: int, steps: int = _DOWN_STEPS
 ) -> Float[Array, "b t s d"]:
     """SAM2 features -> (t, y, x)-ordered grid tokens (before the LayerNorm)."""
     b, t, h, w, _ = feats.shape
-    if h != w or h != grid * 2**_DOWN_STEPS:
+    if h != w or h != grid * 2**steps:
         raise FusionInputError(
-            f"fusion.py: SAM2 features are {h}x{w}; the {_DOWN_STEPS} stride-2 convs need "
-            f"{grid * 2**_DOWN_STEPS}x{grid * 2**_DOWN_STEPS} for a {grid}x{grid} grid"
+            f"fusion.py: SAM2 features are {h}x{w}; the {steps} stride-2 convs need "
+            f"{grid * 2**steps}x{grid * 2**steps} for a {grid}x{grid} grid"
         )
     x = einops.rearrange(feats, "b t h w c -> (b t) h w c")
     for layer in layers:

@@ -135,14 +135,16 @@ class SegPrompter(nnx.Module):
             raise ValueError(f"head dim {cfg.head_dim} leaves an odd RoPE axis width")
         self.cfg = cfg
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.spatial_down = _spatial_down(cfg.vision_dim, cfg.token_dim, **kw)
+        self.spatial_down = _spatial_down(cfg.vision_dim, cfg.token_dim, cfg.down_steps, **kw)
         self.memory_norm = _layer_norm(cfg.token_dim, cfg.norm_eps, **kw)
         self.seg_proj = _linear(cfg.in_dim, cfg.token_dim, ("embed", None), **kw)
         self.decoder = nnx.List([RoPEDecoderLayer(cfg, **kw) for _ in range(cfg.num_layers)])
 
     def memory(self, vision_feats: Float[Array, "b t H W c"]) -> Float[Array, "b t s d"]:
         """`memory_norm(spatial_down(features))`: 64 grid tokens per frame, (y, x) order."""
-        return self.memory_norm(_downsample(self.spatial_down, vision_feats, self.cfg.grid_hw))
+        return self.memory_norm(
+            _downsample(self.spatial_down, vision_feats, self.cfg.grid_hw, self.cfg.down_steps)
+        )
 
     def decode(
         self,

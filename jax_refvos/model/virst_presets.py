@@ -26,11 +26,26 @@ QWEN2_7B_VOCAB_VIRST = 151647  # resized to len(tokenizer) after adding [SEG]
 _FUSION_DOWNSAMPLE = 128  # SAM2 stride 16 x three stride-2 convs in the fusion modules
 
 
-def _config(umt, lm, sam2, *, seg_token_id: int, **overrides) -> virst.VirstConfig:
-    """The fusion modules and projector follow the towers' widths and the SAM2 size."""
-    grid = sam2.image_size // _FUSION_DOWNSAMPLE
-    if grid * _FUSION_DOWNSAMPLE != sam2.image_size:
-        raise ValueError(f"image_size {sam2.image_size} must be a multiple of {_FUSION_DOWNSAMPLE}")
+def _config(
+    umt, lm, sam2, *, seg_token_id: int, fusion_grid: int | None = None, **overrides
+) -> virst.VirstConfig:
+    """The fusion modules and projector follow the towers' widths and the SAM2 size.
+
+    `fusion_grid` None: VIRST's three stride-2 convs (grid = image_size / 128); else the grid
+    side, reached with log2(stride-16 side / grid) stride-2 convs.
+    """
+    d = sam2.hidden_dim
+    if fusion_grid is None:
+        grid, steps = sam2.image_size // _FUSION_DOWNSAMPLE, 3
+        if grid * _FUSION_DOWNSAMPLE != sam2.image_size:
+            raise ValueError(
+                f"image_size {sam2.image_size} must be a multiple of {_FUSION_DOWNSAMPLE}"
+            )
+    else:
+        side = sam2.embedding_size
+        grid, steps = fusion_grid, max(0, (side // fusion_grid).bit_length() - 1)
+        if fusion_grid < 1 or grid * 2**steps != side:
+            raise ValueError(f"fusion_grid {fusion_grid}: {side} / grid must be a power of two")
     return virst.VirstConfig(
         umt=umt,
         tome=Tome16Config(
@@ -38,8 +53,17 @@ def _config(umt, lm, sam2, *, seg_token_id: int, **overrides) -> virst.VirstConf
         ),
         lm=lm,
         sam2=sam2,
-        isf=InitialSegFusionConfig(hidden_dim=lm.hidden_size, grid_hw=grid),
-        segprompter=SegPrompterConfig(in_dim=lm.hidden_size, grid_hw=grid),
+        isf=InitialSegFusionConfig(
+            hidden_dim=lm.hidden_size, vision_dim=d, token_dim=d, grid_hw=grid, down_steps=steps
+        ),
+        segprompter=SegPrompterConfig(
+            in_dim=lm.hidden_size,
+            vision_dim=d,
+            token_dim=d,
+            ffn_dim=4 * d,
+            grid_hw=grid,
+            down_steps=steps,
+        ),
         seg_token_id=seg_token_id,
         **overrides,
     )
@@ -60,11 +84,17 @@ def virst_tiny(
     image_size: int = 256,
     vlm_size: int = 128,
     llm_width: int = 64,
+    sam_width: int = 256,
+    fusion_grid: int | None = None,
     **overrides,
 ) -> virst.VirstConfig:
     """A CPU-trainable VIRST with every component (see the module docstring).
 
-    `vocab_size` / `seg_token_id` come from the tokenizer the data pipeline uses.
+    `vocab_size` / `seg_token_id` come from the tokenizer the data pipeline uses. `sam_width`
+    is SAM2's d_model (neck, mask decoder, memory attention, memory encoder input; SAM2 and
+    VIRST fix it at 256), which the ST-Fusion modules follow; memories are a quarter of it.
+    `fusion_grid`: the ST-Fusion grid side (None: image_size / 128, VIRST's three stride-2
+    convs; 8: VIRST's 8 x 8 grid at any size, e.g. no downsampling at 128 px).
     """
     umt = UmtConfig(img_size=vlm_size, embed_dim=64, num_heads=4, depth=2)
     lm = tiny_qwen2(
@@ -85,9 +115,21 @@ def virst_tiny(
         base,
         name="sam2.1_hiera_tiny_virst",
         trunk=trunk,
-        neck=NeckConfig(backbone_channel_list=trunk.channel_list),
+        neck=NeckConfig(d_model=sam_width, backbone_channel_list=trunk.channel_list),
         memory_attention=dataclasses.replace(
-            base.memory_attention, num_layers=2, dim_feedforward=256
+            base.memory_attention,
+            d_model=sam_width,
+            mem_dim=sam_width // 4,
+            num_layers=2,
+            dim_feedforward=sam_width,
+        ),
+        memory_encoder=dataclasses.replace(
+            base.memory_encoder, in_dim=sam_width, out_dim=sam_width // 4
+        ),
+        mask_decoder=dataclasses.replace(
+            base.mask_decoder,
+            transformer_mlp_dim=8 * sam_width,
+            iou_head_hidden_dim=sam_width,
         ),
         image_size=image_size,
         # DEVIATION(VIRST §9.2): VIRST trains mask token 0 and evaluates the best of tokens 1-3,
@@ -95,4 +137,4 @@ def virst_tiny(
         # the tiny preset decodes token 0 at evaluation too.
         multimask_output_in_sam=False,
     )
-    return _config(umt, lm, sam2, seg_token_id=seg_token_id, **overrides)
+    return _config(umt, lm, sam2, seg_token_id=seg_token_id, fusion_grid=fusion_grid, **overrides)

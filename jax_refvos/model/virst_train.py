@@ -41,6 +41,10 @@ from jax_refvos.model.sam2.sam2_model import ImageFeatures, Sam2Model
 # value behind the released checkpoint is unknown (reference/virst.md §4.1). Ours: True.
 DEFAULT_ANCHORS = au.AnchorConfig(use_cond_frames=True)
 DEFAULT_LOSSES = losses.VirstLossConfig()
+# `lax.scan` unroll of the rollout. XLA's cost analysis counts a while-loop body once, so
+# benchmarks/train_step.py compiles the step once more with the rollout unrolled (True) to count
+# its FLOPs; training keeps the loop (1).
+ROLLOUT_UNROLL: int | bool = 1
 
 
 @flax.struct.dataclass
@@ -126,7 +130,9 @@ def train_rollout(
 
         # Rematerialised: a step's memory attention over up to 9 x 4096 + 64 keys would otherwise
         # keep its (4096 x 37k) attention maps per step for the backward pass.
-        _, (t_low, t_iou, t_score) = jax.lax.scan(jax.checkpoint(step), bank, (pos, on))
+        _, (t_low, t_iou, t_score) = jax.lax.scan(
+            jax.checkpoint(step), bank, (pos, on), unroll=ROLLOUT_UNROLL
+        )
         low = low.at[pos].set(t_low, mode="drop")
         ious = ious.at[pos].set(t_iou, mode="drop")
         scores = scores.at[pos].set(t_score, mode="drop")

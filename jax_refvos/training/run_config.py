@@ -18,6 +18,8 @@ class ModelSection:
     image_size: int = 128
     vlm_size: int = 80
     llm_width: int = 64
+    sam_width: int = 256
+    fusion_grid: int = 0  # 0 = image_size / 128
     initial_seg_fusion: bool = True
 
 

@@ -57,16 +57,17 @@ def model_config(c: ml_collections.ConfigDict, tok) -> virst.VirstConfig:
             image_size=c.model.image_size,
             vlm_size=c.model.vlm_size,
             llm_width=c.model.llm_width,
+            # .get: workdirs written before these settings existed
+            sam_width=c.model.get("sam_width", 256),
+            fusion_grid=c.model.get("fusion_grid", 0) or None,
             **common,
         )
     return virst_presets.virst_7b(vocab_size=tok.vocab_size, seg_token_id=tok.seg_id, **common)
 
 
-def pipeline_config(c: ml_collections.ConfigDict, tokenizer_dir: str) -> PipelineConfig:
-    if not c.data.train_records:
-        raise InputError("config: data.train_records is empty (the 7b preset needs your records)")
-    return PipelineConfig.virst(
-        mixture={"train": (c.data.train_records, 1.0)},
+def pipeline_settings(c: ml_collections.ConfigDict) -> dict:
+    """The config's batch, view and text settings as `PipelineConfig.virst` keywords."""
+    return dict(
         batch_size=c.data.batch_size,
         vlm_size=c.model.vlm_size,
         sam_size=c.model.image_size,
@@ -75,6 +76,15 @@ def pipeline_config(c: ml_collections.ConfigDict, tokenizer_dir: str) -> Pipelin
         sam_frames=c.data.sam_frames,
         max_expressions=c.data.max_expressions,
         max_text_len=c.data.max_text_len,
+    )
+
+
+def pipeline_config(c: ml_collections.ConfigDict, tokenizer_dir: str) -> PipelineConfig:
+    if not c.data.train_records:
+        raise InputError("config: data.train_records is empty (the 7b preset needs your records)")
+    return PipelineConfig.virst(
+        mixture={"train": (c.data.train_records, 1.0)},
+        **pipeline_settings(c),
         tokenizer_dir=tokenizer_dir,
         seed=c.seed,
         num_workers=c.data.num_workers,
@@ -108,10 +118,11 @@ def make_mesh(c: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     return mesh
 
 
-def build(c: ml_collections.ConfigDict, mesh):
-    """(model, optimizer, spec) on `mesh`: random init, or the `model.init` weights dir."""
+def build(c: ml_collections.ConfigDict, mesh, *, model_cfg: virst.VirstConfig | None = None):
+    """(model, optimizer, spec, tokenizer) on `mesh`: random init (of `model_cfg`, default the
+    config's), or the `model.init` weights dir."""
     tok = load_tokenizer(_tokenizer_dir(c), "virst")
-    cfg = model_config(c, tok)
+    cfg = model_cfg or model_config(c, tok)
     if c.model.init:
         from jax_refvos.main.virst_workdir import assemble_from_weights
 

@@ -138,3 +138,19 @@ def test_train_cli_runs_and_resumes(tmp_path):
     assert steps == [1, 2, 3]
     assert all(np.isfinite(m["loss"]) for m in read_metrics(work / "metrics.jsonl"))
     assert "3" in {p.name for p in (work / "checkpoints").iterdir()}
+
+
+def test_unrolled_rollout_equals_the_loop(monkeypatch):
+    """benchmarks/train_step.py counts FLOPs with the rollout unrolled: the same arithmetic."""
+    from jax_refvos.model import virst_train
+
+    model = vb.micro_model(seed=2)
+    args = virst_step.forward_args(jax.tree.map(jnp.asarray, vb.batch(videos=1, sam_frames=6)))
+
+    def loss(unroll):
+        monkeypatch.setattr(virst_train, "ROLLOUT_UNROLL", unroll)
+        fn = jax.jit(lambda a: virst_train.virst_train_forward(model, **a)[0]["loss"])
+        return float(fn(args))
+
+    looped, unrolled = loss(1), loss(True)
+    assert np.isfinite(looped) and abs(looped - unrolled) <= 1e-5 * abs(looped)
