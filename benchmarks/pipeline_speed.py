@@ -184,7 +184,6 @@ def tiny_train_step_s(records: Path, repeats: int = 6) -> dict:
     """Seconds per tiny VIRST train step on `records` (median after compilation) + compile s."""
     import jax
 
-    from jax_refvos import config_lib, losses
     from jax_refvos.pipeline import make_dataset
     from jax_refvos.training import virst_loop, virst_step
 
@@ -192,8 +191,7 @@ def tiny_train_step_s(records: Path, repeats: int = 6) -> dict:
     c.data.train_records = str(records)
     mesh = virst_loop.make_mesh(c)
     model, optimizer, spec, _ = virst_loop.build(c, mesh)
-    loss_cfg = config_lib.to_dataclass(losses.VirstLossConfig, c.loss)
-    step = virst_step.make_train_step(spec, anchor_cfg=model.cfg.anchors, loss_cfg=loss_cfg)
+    step = virst_loop.make_step(c, model, spec)
     put = virst_step.batch_sharding(mesh)
     it = iter(make_dataset(virst_loop.pipeline_config(c, virst_loop.SYNTH_TOKENIZER)))
     batches = [{k: np.asarray(v) for k, v in next(it).items()} for _ in range(repeats + 1)]

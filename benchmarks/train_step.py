@@ -71,7 +71,7 @@ def main() -> None:
     import jax
     from flax import nnx
 
-    from jax_refvos import config_lib, losses
+    from jax_refvos import config_lib
     from jax_refvos.model import virst_train
     from jax_refvos.pipeline import make_dataset
     from jax_refvos.training import trainable, virst_loop, virst_step
@@ -91,7 +91,6 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, lm=lm)
     model, optimizer, spec, _ = virst_loop.build(c, mesh, model_cfg=cfg)
     n_train, n_total = trainable.param_counts(model, spec)
-    loss_cfg = config_lib.to_dataclass(losses.VirstLossConfig, c.loss)
     put = virst_step.batch_sharding(mesh)
     it = iter(make_dataset(virst_loop.pipeline_config(c, virst_loop._tokenizer_dir(c))))
     batches = [{k: np.asarray(v) for k, v in next(it).items()} for _ in range(args.steps)]
@@ -100,7 +99,7 @@ def main() -> None:
 
     def make_pure():
         # A fresh step per compile: nnx.jit caches its trace, which fixes the rollout's unroll.
-        step = virst_step.make_train_step(spec, anchor_cfg=model.cfg.anchors, loss_cfg=loss_cfg)
+        step = virst_loop.make_step(c, model, spec)
 
         def pure(state, batch):
             m, o = nnx.merge(graphdef, state)

@@ -274,8 +274,7 @@ def body(fv: flags.FlagValues) -> None:
             )
         }
         # What the model ran with: a training workdir keeps the setting it was trained with.
-        if model is not None:  # None: a test's oracle stands in for the model
-            settings["initial_seg_fusion"] = bool(model.cfg.initial_seg_fusion)
+        settings["initial_seg_fusion"] = bool(model.cfg.initial_seg_fusion)
         settings.update(dataset=dataset, records=str(rec_dir), workdir=str(workdir))
         fileio.atomic_write_json(tmp / "eval.json", {**settings, "videos": plans})
     print(table)

@@ -146,6 +146,12 @@ def build(c: ml_collections.ConfigDict, mesh, *, model_cfg: virst.VirstConfig | 
     return model, optimizer, spec, tok
 
 
+def make_step(c: ml_collections.ConfigDict, model, spec):
+    """The jitted train step of `model` with the config's losses and the model's anchors."""
+    loss_cfg = config_lib.to_dataclass(losses.VirstLossConfig, c.loss, where="config: loss")
+    return virst_step.make_train_step(spec, anchor_cfg=model.cfg.anchors, loss_cfg=loss_cfg)
+
+
 def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
     workdir = Path(workdir)
@@ -172,9 +178,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         nnx.update(model, restored["model"])
         nnx.update(optimizer, restored["opt"])
         log.info("resumed from step %d", start)
-    anchor_cfg = model.cfg.anchors
-    loss_cfg = config_lib.to_dataclass(losses.VirstLossConfig, c.loss, where="config: loss")
-    step_fn = virst_step.make_train_step(spec, anchor_cfg=anchor_cfg, loss_cfg=loss_cfg)
+    step_fn = make_step(c, model, spec)
     put = virst_step.batch_sharding(mesh)
     last: dict = {}
     logger = MetricsLogger(

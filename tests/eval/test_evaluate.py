@@ -11,6 +11,7 @@ measure ~1e-6) and the PNGs equal (logits > 0) * 255.
 
 import dataclasses
 import json
+import types
 import zipfile
 
 import numpy as np
@@ -60,7 +61,8 @@ def _fake_workdir(tmp_path):
 def stub_model(monkeypatch):
     """The command without a model: oracle logits (+1 on the target, -1 elsewhere)."""
     monkeypatch.setattr(evaluate, "check_workdir", lambda w: w)
-    monkeypatch.setattr(evaluate, "load_eval_model", lambda w, **kw: (None, None))
+    stub = types.SimpleNamespace(cfg=types.SimpleNamespace(initial_seg_fusion=False))
+    monkeypatch.setattr(evaluate, "load_eval_model", lambda w, **kw: (stub, None))
     monkeypatch.setattr(virst_inference, "expression_ids", lambda tok, text: np.zeros(3, np.int32))
 
     def infer(model, ex, ids, *, seed, chunk_size, expr_batch):
