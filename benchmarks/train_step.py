@@ -36,24 +36,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def matmul_peak(n: int, dtype: str, repeats: int = 10) -> dict:
-    import jax
-    import jax.numpy as jnp
+    from jax_refvos.training.throughput import matmul_peak as measure
 
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda x: x @ x)
-    jax.block_until_ready(f(a))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(f(a))
-        best = min(best, time.perf_counter() - start)
-    return {"n": n, "dtype": dtype, "seconds": best, "flops_per_s": 2 * n**3 / best}
+    flops = measure(n, dtype, repeats)
+    return {"n": n, "dtype": dtype, "seconds": 2 * n**3 / flops, "flops_per_s": flops}
 
 
 def _cost_flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"])
+    from jax_refvos.training.throughput import cost_flops
+
+    return cost_flops(compiled)
 
 
 def main() -> None:

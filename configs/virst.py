@@ -5,7 +5,8 @@ r"""Train VIRST: `tiny` (a laptop CPU, the synthetic benchmark) or `7b` (the pap
 
 Arguments (`:key=value,...`): variant (tiny | 7b), steps, ckpt_every, log_every, batch (videos per
 process and step), lr, seed, init (7b: a weights dir from `refvos import-weights --kind virst`),
-mesh (e.g. data=-1 / fsdp=4 / model=2, written `mesh=1x4x2` as data x fsdp x model; -1 = the rest),
+mesh (`auto`, the default: as much data parallelism as the global batch allows, the rest of the
+devices model-parallel; or data x fsdp x model, e.g. `mesh=1x4x2`, `mesh=-1x1x1`; -1 = the rest),
 synth (default | tiny: the synthetic benchmark's size), data_dir (where synth/ and records/ live).
 
 `tiny` (model/virst_presets.py::virst_tiny) trains every parameter from scratch on the synthetic
@@ -27,6 +28,8 @@ VARIANTS = ("tiny", "7b")
 
 
 def _mesh(text: str) -> dict:
+    if text == "auto":  # data = gcd(global batch, devices), the rest model-parallel
+        return dict(data=0, fsdp=0, model=0)
     sizes = [int(s) for s in str(text).split("x")]
     if len(sizes) != 3:
         raise ValueError(f"mesh must be data x fsdp x model, e.g. 1x4x2 or -1x1x1, got {text!r}")
@@ -44,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         lr=-1.0,
         seed=0,
         init="",
-        mesh="-1x1x1",
+        mesh="auto",
         synth="default",
         data_dir="data",
     )
@@ -59,6 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ckpt_every = arg.ckpt_every if arg.ckpt_every > 0 else (100 if tiny else 1000)
     c.keep_checkpoints = 3
     c.mesh = _mesh(arg.mesh)
+    c.skip_nonfinite = False  # True: a step with a NaN/Inf loss or gradient is skipped, not fatal
+    c.peak_flops = 0.0  # per device, for MFU (0: the vendor's figure, or measured on CPU)
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = arg.variant
@@ -69,6 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.sam_width = 256  # SAM2 d_model (tiny only; the 7b preset is SAM2.1-L's 256)
     c.model.fusion_grid = 0  # tiny only: ST-Fusion grid side (0 = image_size / 128)
     c.model.initial_seg_fusion = True
+    c.model.lora_rank = 0 if tiny else 64  # LoRA on the LLM's decoder layers (0 = none)
+    c.model.lora_alpha = 16.0
 
     # The synthetic benchmark the tiny preset trains on (also `refvos synth --config` input).
     c.synth = dict(SYNTH_VARIANTS[arg.synth], seed=arg.seed)

@@ -5,6 +5,11 @@
 --config is configs/X.py[:key=value,...] (see the config's docstring for its arguments). The
 workdir gets config.json, metrics.jsonl, tensorboard/ and checkpoints/; rerunning the same
 command resumes from the newest checkpoint, and SIGTERM / Ctrl-C saves one and exits.
+
+Several processes (hosts) train one model: run the same command on each with
+--coordinator_address HOST:PORT --num_processes N --process_id I, or nothing extra where JAX
+finds the cluster itself (SLURM steps, Cloud TPU slices; `jax_refvos/distributed.py`). The
+config's `batch` is per process; the workdir must be one directory all processes can reach.
 """
 
 import logging
@@ -23,19 +28,48 @@ def define_flags(fv: flags.FlagValues) -> None:
     )
     for name in ("config", "workdir"):
         flags.mark_flag_as_required(name, flag_values=fv)
+    flags.DEFINE_string(
+        "coordinator_address", None, "HOST:PORT of process 0 (multi-process).", flag_values=fv
+    )
+    flags.DEFINE_integer("num_processes", None, "Processes in the run.", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index, 0-based.", flag_values=fv)
+    flags.DEFINE_bool(
+        "auto_distributed",
+        True,
+        "Without the three flags above, join a cluster JAX detects (SLURM, TPU slice).",
+        flag_values=fv,
+    )
 
 
 def run(fv: flags.FlagValues) -> None:
-    from jax_refvos import config_lib
-    from jax_refvos.training import virst_loop
+    from jax_refvos import config_lib, distributed
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     start = time.perf_counter()
-    c = config_lib.load(fv.config)
+    c = config_lib.load(fv.config)  # before joining: a bad config fails every process alike
+    joined = distributed.initialize(
+        fv.coordinator_address, fv.num_processes, fv.process_id, auto=fv.auto_distributed
+    )
+    main = distributed.is_main_process()
+    logging.basicConfig(
+        level=logging.INFO if main else logging.WARNING,
+        format=f"%(asctime)s p{jax_process_index()} %(levelname)s %(message)s",
+    )
+    # Orbax logs every step of every save at INFO through absl; keep the run's log readable.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger(__name__).info("%s", joined)
+    from jax_refvos.training import virst_loop  # after joining: nothing may touch a backend first
+
     last = virst_loop.train(c, fv.workdir)
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
-    print(f"trained to step {last.get('step', '?')}: {summary} -> {fv.workdir}")
-    print(f"took {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if main:
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
+        print(f"trained to step {last.get('step', '?')}: {summary} -> {fv.workdir}")
+        print(f"took {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+
+def jax_process_index() -> int:
+    import jax
+
+    return jax.process_index()
 
 
 def main(argv=None) -> int:

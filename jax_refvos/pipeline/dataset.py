@@ -1,8 +1,9 @@
 """Grain assembly: record directories -> a checkpointable iterator of static-shape batches.
 
 Training, ArrayRecord (random access): per dataset `source -> shuffle(seed + i) -> repeat`,
-weighted `MapDataset.mix`, per-process stride slice, filter, `random_map(sample)`, prefetch,
-`batch(drop_remainder=True)`, optional `mp_prefetch`. Global shuffle, exact resume by index.
+weighted `MapDataset.mix`, filter, `random_map(sample)`, the process's block of each global batch
+(`_ProcessBlocks`), `batch(drop_remainder=True)`, optional `mp_prefetch`. Global shuffle, exact
+resume by index, and the same global batches for any number of processes.
 
 Training, TFRecord (sequential): a process reads shards `[process_index::process_count]`; per
 dataset the shard list is shuffled per epoch and repeated, `cycle_length` shards are interleaved,
@@ -13,7 +14,9 @@ any TFRecord member uses this path for all members (ArrayRecord ones stay global
 Eval: one dataset, read in order, every (video, expression) once (`exp_index` set), the final
 batch padded with `example_valid = False`.
 
-Determinism: the batches are a function of (config, process index/count, worker count). With
+Determinism: the batches are a function of (config, process index/count, worker count); with
+ArrayRecord in process, the global batches (all processes' batches concatenated) are a function
+of the config and the global batch size alone. With
 `num_workers > 0` Grain gives worker w the elements w, w + n, ... and round-robins their batches,
 so the order differs from the in-process order but is fixed for a given worker count.
 """
@@ -159,6 +162,37 @@ def _read_options(cfg: PipelineConfig) -> grain.ReadOptions:
     return grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer)
 
 
+class _ProcessBlocks(grain.MapDataset):
+    """Process `index` of `count`: its `block`-sized part of each global batch.
+
+    Global batch k is elements [k * G, (k + 1) * G) of the parent, G = block * count; process p
+    holds [k * G + p * block, k * G + (p + 1) * block). Concatenated over processes (what
+    `jax.make_array_from_process_local_data` does), the global batch is the one a single process
+    with batch G reads, in the same order. (Filtered-out elements are skipped per process, so
+    this holds exactly when no element is filtered, as on the synthetic benchmark.)
+    """
+
+    def __init__(self, parent: grain.MapDataset, *, block: int, index: int, count: int):
+        super().__init__(parent)
+        self._block, self._index, self._count = block, index, count
+        self._length = len(parent) // count
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _global(self, i: int) -> int:
+        k, j = divmod(i, self._block)
+        return k * self._block * self._count + self._index * self._block + j
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._global(index)]
+
+    def __str__(self) -> str:
+        return f"_ProcessBlocks(block={self._block}, {self._index} of {self._count})"
+
+
 def _train_elements(cfg, process_index, process_count) -> grain.IterDataset:
     names = list(cfg.mixture)
     weights = [float(cfg.mixture[n][1]) for n in names]
@@ -172,8 +206,11 @@ def _train_elements(cfg, process_index, process_count) -> grain.IterDataset:
             for i, n in enumerate(names)
         ]
         ds = grain.MapDataset.mix(parts, weights) if len(parts) > 1 else parts[0]
-        ds = ds[process_index::process_count].filter(_Trainable(min_frames(cfg)))
+        # Sampled on the global stream, then sliced: every element's random draws depend on its
+        # global index only, so the global batch is the same for any process count.
+        ds = ds.filter(_Trainable(min_frames(cfg)))
         ds = ds.random_map(sample_transform(cfg), seed=cfg.seed)
+        ds = _ProcessBlocks(ds, block=cfg.batch_size, index=process_index, count=process_count)
         return ds.to_iter_dataset(_read_options(cfg))
     parts = []
     for i, n in enumerate(names):

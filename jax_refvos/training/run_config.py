@@ -21,6 +21,8 @@ class ModelSection:
     sam_width: int = 256
     fusion_grid: int = 0  # 0 = image_size / 128
     initial_seg_fusion: bool = True
+    lora_rank: int = 0  # LoRA adapters on the LLM's decoder layers (0 = none)
+    lora_alpha: float = 16.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -38,6 +40,8 @@ class DataSection:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MeshSection:
+    """Device counts per mesh axis; -1 = the rest; all 0 = automatic (`virst_loop.make_mesh`)."""
+
     data: int = -1
     fsdp: int = 1
     model: int = 1
@@ -53,7 +57,17 @@ SECTIONS = {
     "loss": losses.VirstLossConfig,
     "synth": SynthConfig,
 }
-SCALARS = {"variant", "seed", "steps", "log_every", "ckpt_every", "keep_checkpoints", "trainable"}
+SCALARS = {
+    "variant",
+    "seed",
+    "steps",
+    "log_every",
+    "ckpt_every",
+    "keep_checkpoints",
+    "trainable",
+    "skip_nonfinite",
+    "peak_flops",
+}
 
 
 def validate(c: ml_collections.ConfigDict, source: str = "config") -> None:

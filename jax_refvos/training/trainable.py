@@ -1,10 +1,10 @@
 """Which parameters train: path regexes over the model's variable paths.
 
 A parameter's path is its attribute path joined by "/", e.g. `vision_tower/blocks/0/attn/qkv/
-kernel` or `lm/model/layers/3/self_attn/q_proj/lora_a`. A parameter trains when it matches one
-`trainable` pattern and no `frozen` pattern (`re.search`). reference/virst.md §6.3 (VIRST's
-recipe, mostly inferred): UMT frozen, LoRA on the LLM, SegPrompter + ISF + the `[SEG]` row
-trained, SAM2's decoder trained.
+kernel` or `lm/model/layers/3/self_attn/q_proj/lora_A/kernel`. A parameter trains when it
+matches one `trainable` pattern and no `frozen` pattern (`re.search`). reference/virst.md §6.3
+(VIRST's recipe, mostly inferred): UMT frozen, LoRA on the LLM, SegPrompter + ISF + the `[SEG]`
+row trained, SAM2's decoder trained.
 """
 
 import dataclasses
@@ -50,7 +50,7 @@ VIRST_PAPER = TrainableSpec(
         r"^seg_prompter/",
         r"^initial_seg_fusion_module/",
         r"^seg_model/sam_mask_decoder/",
-        r"lora_[ab]",
+        r"/lora_[AB]/",  # lora.LoraLinear adapters (peft names)
         r"^lm/model/embed_tokens/",
         r"^lm/lm_head/",
     ),

@@ -7,25 +7,37 @@ Ctrl-C saves a checkpoint at the current step and exits cleanly.
 """
 
 import logging
+import math
+import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from jax_refvos import config_lib, losses, sharding
+from jax_refvos import config_lib, distributed, losses, sharding
 from jax_refvos.checkpoint import Checkpointer, PreemptionGuard, abstract_like
 from jax_refvos.errors import InputError
 from jax_refvos.model import anchor_updater as au
 from jax_refvos.model import virst, virst_presets
+from jax_refvos.model.backbone import lora
 from jax_refvos.pipeline.config import SYNTH_TOKENIZER, PipelineConfig
 from jax_refvos.pipeline.dataset import make_dataset
 from jax_refvos.pipeline.tokenizer import load_tokenizer
 from jax_refvos.training import optim, run_config, trainable, virst_step
 from jax_refvos.training.metrics import MetricsLogger, write_config
+from jax_refvos.training.throughput import (
+    ThroughputMeter,
+    cost_flops,
+    make_batch_counts,
+    matmul_peak,
+    peak_flops_per_device,
+)
 
 log = logging.getLogger(__name__)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TRAINABLE = {"everything": trainable.EVERYTHING, "virst_paper": trainable.VIRST_PAPER}
 
 
@@ -102,15 +114,21 @@ def _tokenizer_dir(c: ml_collections.ConfigDict) -> str:
 def make_mesh(c: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     """The config's mesh; fixed sizes use the first that many devices, -1 takes the rest.
 
-    The per-process batch (videos) must divide over the batch axes ("data", "fsdp").
+    The automatic mesh (all sizes 0, `mesh=auto`) puts gcd(global batch, devices) on "data"
+    and the remaining devices on "model", so one config runs on 1, 2, 8, ... devices and any
+    number of processes. The global batch (videos) must divide over ("data", "fsdp").
     """
     axes = dict(c.mesh)
     devices = jax.devices()
-    if -1 not in axes.values():
+    global_batch = c.data.batch_size * jax.process_count()
+    if not any(axes.values()):
+        data = math.gcd(global_batch, len(devices))
+        axes = {"data": data, "fsdp": 1, "model": len(devices) // data}
+    elif -1 not in axes.values():
         devices = devices[: int(np.prod(list(axes.values())))]
     mesh = sharding.make_mesh(axes, devices=devices)
     split = mesh.shape["data"] * mesh.shape["fsdp"]
-    if (c.data.batch_size * jax.process_count()) % split:
+    if global_batch % split:
         raise InputError(
             f"config: batch {c.data.batch_size} x {jax.process_count()} processes does not "
             f"divide over data x fsdp = {split} devices (set batch= or mesh=)"
@@ -134,6 +152,16 @@ def build(c: ml_collections.ConfigDict, mesh, *, model_cfg: virst.VirstConfig | 
         )
     else:
         model = virst.Virst(cfg, rngs=nnx.Rngs(c.seed))
+    if c.model.get("lora_rank", 0):
+        # reference/virst.md §2.3: r 64, alpha 16 on every projection of the decoder layers.
+        # DEVIATION(VIRST): adapter dropout 0.05 -> 0: the train step is dropout-free.
+        lora_cfg = lora.LoraConfig(
+            rank=c.model.lora_rank,
+            alpha=c.model.lora_alpha,
+            target_modules=LORA_TARGETS,
+            include=(r"layers",),
+        )
+        lora.apply_lora(model.lm, lora_cfg, rngs=nnx.Rngs(c.seed + 1))
     sharding.place_state(model, mesh)
     spec = TRAINABLE[c.trainable]
     ocfg = config_lib.to_dataclass(
@@ -152,13 +180,59 @@ def make_step(c: ml_collections.ConfigDict, model, spec):
     return virst_step.make_train_step(spec, anchor_cfg=model.cfg.anchors, loss_cfg=loss_cfg)
 
 
+class NonFiniteError(InputError):
+    """A step's loss or gradient norm is NaN/Inf (the run stops; nothing of it is saved)."""
+
+
+def _global_batch(local: dict, put: jax.sharding.NamedSharding) -> dict:
+    """One global array per key from every process's rows (one process: a `device_put`)."""
+    return {k: jax.make_array_from_process_local_data(put, np.asarray(v)) for k, v in local.items()}
+
+
+def _compiled_step(c, model, optimizer, spec, first_batch):
+    """(compiled pure step, train state (model, optimizer), seconds to lower + compile).
+
+    `step(state, batch) -> (state, metrics)` with the state donated; with `skip_nonfinite` a
+    step whose loss or gradient norm is not finite leaves the state as it was.
+    """
+    nnx_step = make_step(c, model, spec)
+    (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
+    state = (model_state, opt_state)
+    skip = bool(c.get("skip_nonfinite", False))
+
+    def pure(state, batch):
+        m, o = nnx.merge(model_def, state[0]), nnx.merge(opt_def, state[1])
+        metrics = nnx_step(m, o, batch)
+        new = (nnx.state(m), nnx.state(o))
+        if skip:
+            ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            new = jax.tree.map(lambda n, old: jnp.where(ok, n, old), new, state)
+        return new, metrics
+
+    start = time.perf_counter()
+    compiled = jax.jit(pure, donate_argnums=0).lower(state, first_batch).compile()
+    return compiled, state, time.perf_counter() - start
+
+
 def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-    """Runs (or resumes) training; returns the last logged metrics."""
+    """Runs (or resumes) training; returns the last logged metrics.
+
+    Every process of a multi-process run calls this with the same config and workdir (one
+    directory they all reach). Process 0 writes config.json, metrics and TensorBoard; the
+    checkpoints are written collectively.
+
+    Raises:
+        NonFiniteError: a non-finite loss or gradient norm (unless `skip_nonfinite`), naming the
+            step and the last good checkpoint.
+    """
     workdir = Path(workdir)
     run_config.validate(c)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_config(workdir, c)
-    ensure_synthetic_records(c)
+    main = jax.process_index() == 0
+    if main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_config(workdir, c)
+        ensure_synthetic_records(c)
+    distributed.barrier("jax_refvos: workdir and data ready")
     mesh = make_mesh(c)
     model, optimizer, spec, tok = build(c, mesh)  # built unsharded, then placed (`sharding.py`)
     n_train, n_total = trainable.param_counts(model, spec)
@@ -178,32 +252,86 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         nnx.update(model, restored["model"])
         nnx.update(optimizer, restored["opt"])
         log.info("resumed from step %d", start)
-    step_fn = make_step(c, model, spec)
     put = virst_step.batch_sharding(mesh)
     last: dict = {}
-    logger = MetricsLogger(
-        workdir, total_steps=c.steps, start_step=start, enable=jax.process_index() == 0
-    )
+    logger = MetricsLogger(workdir, total_steps=c.steps, start_step=start, enable=main)
     try:
         with PreemptionGuard() as guard, jax.set_mesh(mesh):
+            t0 = time.perf_counter()
+            batch = _global_batch(next(data_iter), put) if start < c.steps else None
+            data_s = time.perf_counter() - t0
+            if batch is None:
+                return last
+            step_fn, state, compile_s = _compiled_step(c, model, optimizer, spec, batch)
+            log.info("train step compiled in %.1f s", compile_s)
+            meter = _meter(c, step_fn, model, batch)
+            extra = {"compile_s": compile_s}
             for step in range(start + 1, c.steps + 1):
-                batch = jax.device_put({k: np.asarray(v) for k, v in next(data_iter).items()}, put)
-                metrics = step_fn(model, optimizer, batch)
+                if batch is None:
+                    t0 = time.perf_counter()
+                    batch = _global_batch(next(data_iter), put)
+                    data_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                counts = meter.counts(batch)
+                state, metrics = step_fn(state, batch)
+                host = jax.device_get((metrics, counts))
+                meter.add(data_s=data_s, compute_s=time.perf_counter() - t0, **host[1])
+                batch = None
+                _check_finite(c, step, host[0], ckpt)
                 logger.advance()
                 stop = guard.stop_requested()
                 if step % c.log_every == 0 or step == c.steps or stop:
-                    last = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-                    logger.log(step, metrics)
-                state = {"model": nnx.state(model), "opt": nnx.state(optimizer)}
-                ckpt.save(step, state, data_iter, force=step == c.steps or stop)
+                    last = {"step": step, **{k: float(v) for k, v in host[0].items()}}
+                    logger.log(step, {**host[0], **meter.window(), **extra})
+                    extra = {}
+                ckpt.save(
+                    step,
+                    {"model": state[0], "opt": state[1]},
+                    data_iter,
+                    force=step == c.steps or stop,
+                )
                 if stop:
                     log.warning("stop requested: saved step %d", step)
                     break
+            nnx.update(model, state[0])
+            nnx.update(optimizer, state[1])
     finally:
         ckpt.wait()
         ckpt.close()
         logger.close()
     return last
+
+
+def _meter(c, step_fn, model, batch) -> ThroughputMeter:
+    """The throughput meter of the compiled step (FLOPs, the device's peak, batch counts)."""
+    v = jax.eval_shape(model.visual_tokens, batch["vlm_frames"].astype(jnp.float32)).shape[1]
+    peak = peak_flops_per_device(jax.devices()[0].device_kind, c.get("peak_flops", 0.0))
+    if peak is None:
+        peak = matmul_peak()
+        log.info("peak FLOP/s per device (measured float32 matmul): %.3g", peak)
+    flops = cost_flops(step_fn)
+    log.info("FLOPs per step and device (XLA cost analysis, loops counted once): %.4g", flops or 0)
+    meter = ThroughputMeter(flops_per_step=flops, peak_flops=peak)
+    meter.counts = make_batch_counts(model.cfg.umt.clip_frames, v)
+    return meter
+
+
+def _check_finite(c, step: int, metrics: dict, ckpt: Checkpointer) -> None:
+    bad = {k: float(metrics[k]) for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])}
+    if not bad:
+        return
+    what = ", ".join(f"{k} {v}" for k, v in bad.items())
+    if c.get("skip_nonfinite", False):
+        log.warning("step %d: %s; the update was skipped (skip_nonfinite)", step, what)
+        return
+    ckpt.wait()
+    good = ckpt.latest_step()
+    where = f"{ckpt.directory / str(good)}" if good is not None else "none (nothing was saved)"
+    raise NonFiniteError(
+        f"step {step}: {what}; training stopped and this step was not saved. Last good "
+        f"checkpoint: {where}. Rerunning resumes from it (lower optim.lr, or set "
+        "skip_nonfinite=True to skip such steps)"
+    )
 
 
 def is_training_workdir(workdir: str | Path) -> bool:

@@ -154,3 +154,23 @@ def test_unrolled_rollout_equals_the_loop(monkeypatch):
 
     looped, unrolled = loss(1), loss(True)
     assert np.isfinite(looped) and abs(looped - unrolled) <= 1e-5 * abs(looped)
+
+
+def test_lora_rank_wraps_the_llm_layers_and_virst_paper_trains_the_adapters():
+    from jax_refvos.training import virst_loop
+
+    c = config_lib.load(f"{CONFIG}:variant=tiny,mesh=1x1x1", lock=False)
+    c.model.lora_rank, c.trainable = 4, "virst_paper"
+    model, _, spec, _ = virst_loop.build(c, virst_loop.make_mesh(c))
+    paths = [
+        trainable.path_text(p)
+        for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))
+        if spec.matches(p)
+    ]
+    adapters = [p for p in paths if "lora_" in p]
+    # 2 layers x 7 projections x (A, B)
+    assert len(adapters) == 2 * 7 * 2 and all(p.startswith("lm/") for p in adapters), adapters
+    assert not [
+        p for p in paths if p.startswith(("lm/model/layers", "vision_tower/")) and "lora_" not in p
+    ]
+    assert any(p.startswith("seg_prompter/") for p in paths)
