@@ -19,12 +19,13 @@ from jax_refvos.training.metrics import read_metrics
 
 KILLS = int(os.environ.get("REFVOS_KILLS", "3"))
 STEPS = 3 * KILLS + 6  # each kill lands 1-4 steps past the previous one
-CKPT_EVERY = 3
+CKPT_EVERY = 2
 
 
 def _arg(data: Path) -> str:
     return (
-        f"variant=tiny,steps={STEPS},log_every=1,ckpt_every=2,synth=tiny,data_dir={data},mesh=1x1x1"
+        f"variant=tiny,steps={STEPS},log_every=1,ckpt_every={CKPT_EVERY},synth=tiny,"
+        f"data_dir={data},mesh=1x1x1"
     )
 
 
