@@ -106,13 +106,33 @@ def named_sharding(
     return NamedSharding(mesh, logical_to_pspec(axes, rules))
 
 
+def divisible(sharding: NamedSharding, shape: Sequence[int]) -> NamedSharding:
+    """`sharding` with every dimension that its mesh axes do not divide evenly replicated.
+
+    A rule table maps e.g. "vocab" to "model"; a vocabulary of 694 on model = 4 cannot be split
+    (jax requires even shards), so that dimension stays whole while the others stay split.
+    """
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    mesh_shape = sharding.mesh.shape
+    for i, axes in enumerate(spec[: len(shape)]):
+        names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        if names and shape[i] % math.prod(mesh_shape[a] for a in names):
+            spec[i] = None
+    return NamedSharding(sharding.mesh, P(*spec[: len(shape)]))
+
+
 def place_state(model, mesh: jax.sharding.Mesh, rules: Rules = PARAM_RULES) -> None:
-    """Move a model's variables onto `mesh` with the shardings of their logical axes, in place."""
+    """Move a model's variables onto `mesh` with the shardings of their logical axes, in place.
+
+    Dimensions the mesh does not divide evenly are replicated (`divisible`)."""
     from flax import nnx
 
     state = nnx.state(model)
     with nnx.logical_axis_rules(rules):
         shardings = nnx.get_named_sharding(state, mesh)
+    shardings = jax.tree.map(
+        lambda sh, x: divisible(sh, x.shape) if hasattr(x, "shape") else sh, shardings, state
+    )
     nnx.update(model, jax.device_put(state, shardings))
 
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jax_refvos import sharding
@@ -72,3 +73,12 @@ def test_models_build_without_a_mesh_and_place_onto_one():
     sharding.place_state(lin, mesh)
     assert tuple(lin.kernel[...].sharding.spec) == ("fsdp", "model")
     np.testing.assert_array_equal(np.asarray(lin.kernel[...]), before)
+
+
+def test_indivisible_dimensions_are_replicated_not_an_error():
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "model": 4})
+    sh = NamedSharding(mesh, P("fsdp", "model"))
+    assert sharding.divisible(sh, (64, 694)).spec == P("fsdp", None)  # 694 % 4 != 0
+    assert sharding.divisible(sh, (64, 696)).spec == P("fsdp", "model")
+    two = NamedSharding(mesh, P(("data", "model")))
+    assert sharding.divisible(two, (12, 3)).spec == P(None, None)  # 12 % 8 != 0
