@@ -42,12 +42,6 @@ def matmul_peak(n: int, dtype: str, repeats: int = 10) -> dict:
     return {"n": n, "dtype": dtype, "seconds": 2 * n**3 / flops, "flops_per_s": flops}
 
 
-def _cost_flops(compiled) -> float:
-    from jax_refvos.training.throughput import cost_flops
-
-    return cost_flops(compiled)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", default="configs/virst.py:variant=tiny")
@@ -61,12 +55,12 @@ def main() -> None:
     import dataclasses
 
     import jax
-    from flax import nnx
 
     from jax_refvos import config_lib
     from jax_refvos.model import virst_train
     from jax_refvos.pipeline import make_dataset
     from jax_refvos.training import trainable, virst_loop, virst_step
+    from jax_refvos.training.throughput import cost_flops
 
     path, _, arg = args.config.partition(".py:")
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="train_step_bench_")
@@ -87,33 +81,19 @@ def main() -> None:
     it = iter(make_dataset(virst_loop.pipeline_config(c, virst_loop._tokenizer_dir(c))))
     batches = [{k: np.asarray(v) for k, v in next(it).items()} for _ in range(args.steps)]
 
-    graphdef, state = nnx.split((model, optimizer))
-
-    def make_pure():
-        # A fresh step per compile: nnx.jit caches its trace, which fixes the rollout's unroll.
-        step = virst_loop.make_step(c, model, spec)
-
-        def pure(state, batch):
-            m, o = nnx.merge(graphdef, state)
-            metrics = step(m, o, batch)
-            return nnx.state((m, o)), metrics
-
-        return pure
-
     with jax.set_mesh(mesh):
         first = jax.device_put(batches[0], put)
-        start = time.perf_counter()
-        lowered = jax.jit(make_pure(), donate_argnums=0).lower(state, first)
-        lower_s = time.perf_counter() - start
-        start = time.perf_counter()
-        compiled = lowered.compile()
-        compile_s = time.perf_counter() - start
+        # The program `refvos train` runs (its compile time is the loop's too).
+        compiled, state, lower_s, compile_s = virst_loop.compile_step(
+            c, model, optimizer, spec, first
+        )
         virst_train.ROLLOUT_UNROLL = True
         try:
-            flops = _cost_flops(jax.jit(make_pure()).lower(state, first).compile())
+            unrolled = virst_loop.compile_step(c, model, optimizer, spec, first)[0]
+            flops = cost_flops(unrolled)
         finally:
             virst_train.ROLLOUT_UNROLL = 1
-        looped_flops = _cost_flops(compiled)
+        looped_flops = cost_flops(compiled)
         times = []
         for b in batches:
             start = time.perf_counter()

@@ -88,6 +88,10 @@ def _joined(how: str) -> str:
     )
 
 
+def process_index() -> int:
+    return jax.process_index()
+
+
 def is_main_process() -> bool:
     return jax.process_index() == 0
 

@@ -52,7 +52,7 @@ def run(fv: flags.FlagValues) -> None:
     main = distributed.is_main_process()
     logging.basicConfig(
         level=logging.INFO if main else logging.WARNING,
-        format=f"%(asctime)s p{jax_process_index()} %(levelname)s %(message)s",
+        format=f"%(asctime)s p{distributed.process_index()} %(levelname)s %(message)s",
     )
     # Orbax logs every step of every save at INFO through absl; keep the run's log readable.
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -60,16 +60,12 @@ def run(fv: flags.FlagValues) -> None:
     from jax_refvos.training import virst_loop  # after joining: nothing may touch a backend first
 
     last = virst_loop.train(c, fv.workdir)
-    if main:
+    if main and not last:
+        print(f"{fv.workdir}: already trained to step {c.steps}; nothing to do")
+    elif main:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
         print(f"trained to step {last.get('step', '?')}: {summary} -> {fv.workdir}")
         print(f"took {time.perf_counter() - start:.1f} s", file=sys.stderr)
-
-
-def jax_process_index() -> int:
-    import jax
-
-    return jax.process_index()
 
 
 def main(argv=None) -> int:

@@ -189,11 +189,13 @@ def _global_batch(local: dict, put: jax.sharding.NamedSharding) -> dict:
     return {k: jax.make_array_from_process_local_data(put, np.asarray(v)) for k, v in local.items()}
 
 
-def _compiled_step(c, model, optimizer, spec, first_batch):
-    """(compiled pure step, train state (model, optimizer), seconds to lower + compile).
+def compile_step(c, model, optimizer, spec, first_batch):
+    """(compiled step, train state (model, optimizer), seconds to lower, seconds to compile).
 
+    The program `refvos train` runs (and `benchmarks/train_step.py` times):
     `step(state, batch) -> (state, metrics)` with the state donated; with `skip_nonfinite` a
-    step whose loss or gradient norm is not finite leaves the state as it was.
+    step whose loss or gradient norm is not finite leaves the state as it was. Each call traces
+    afresh (a new `make_step`), so module-level switches such as `ROLLOUT_UNROLL` apply.
     """
     nnx_step = make_step(c, model, spec)
     (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
@@ -210,8 +212,11 @@ def _compiled_step(c, model, optimizer, spec, first_batch):
         return new, metrics
 
     start = time.perf_counter()
-    compiled = jax.jit(pure, donate_argnums=0).lower(state, first_batch).compile()
-    return compiled, state, time.perf_counter() - start
+    lowered = jax.jit(pure, donate_argnums=0).lower(state, first_batch)
+    lower_s = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    return compiled, state, lower_s, time.perf_counter() - start
 
 
 def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -227,7 +232,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """
     workdir = Path(workdir)
     run_config.validate(c)
-    main = jax.process_index() == 0
+    main = distributed.is_main_process()
     if main:
         workdir.mkdir(parents=True, exist_ok=True)
         write_config(workdir, c)
@@ -257,14 +262,15 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     logger = MetricsLogger(workdir, total_steps=c.steps, start_step=start, enable=main)
     try:
         with PreemptionGuard() as guard, jax.set_mesh(mesh):
-            t0 = time.perf_counter()
-            batch = _global_batch(next(data_iter), put) if start < c.steps else None
-            data_s = time.perf_counter() - t0
-            if batch is None:
+            if start >= c.steps:
                 return last
-            step_fn, state, compile_s = _compiled_step(c, model, optimizer, spec, batch)
+            t0 = time.perf_counter()
+            batch = _global_batch(next(data_iter), put)
+            data_s = time.perf_counter() - t0
+            step_fn, state, lower_s, xla_s = compile_step(c, model, optimizer, spec, batch)
+            compile_s = lower_s + xla_s
             log.info("train step compiled in %.1f s", compile_s)
-            meter = _meter(c, step_fn, model, batch)
+            meter, counts_fn = _meter(c, step_fn, model, batch)
             extra = {"compile_s": compile_s}
             for step in range(start + 1, c.steps + 1):
                 if batch is None:
@@ -272,7 +278,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
                     batch = _global_batch(next(data_iter), put)
                     data_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                counts = meter.counts(batch)
+                counts = counts_fn(batch)
                 state, metrics = step_fn(state, batch)
                 host = jax.device_get((metrics, counts))
                 meter.add(data_s=data_s, compute_s=time.perf_counter() - t0, **host[1])
@@ -302,8 +308,8 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     return last
 
 
-def _meter(c, step_fn, model, batch) -> ThroughputMeter:
-    """The throughput meter of the compiled step (FLOPs, the device's peak, batch counts)."""
+def _meter(c, step_fn, model, batch):
+    """(throughput meter of the compiled step (FLOPs, the device's peak), batch counter)."""
     v = jax.eval_shape(model.visual_tokens, batch["vlm_frames"].astype(jnp.float32)).shape[1]
     peak = peak_flops_per_device(jax.devices()[0].device_kind, c.get("peak_flops", 0.0))
     if peak is None:
@@ -312,8 +318,7 @@ def _meter(c, step_fn, model, batch) -> ThroughputMeter:
     flops = cost_flops(step_fn)
     log.info("FLOPs per step and device (XLA cost analysis, loops counted once): %.4g", flops or 0)
     meter = ThroughputMeter(flops_per_step=flops, peak_flops=peak)
-    meter.counts = make_batch_counts(model.cfg.umt.clip_frames, v)
-    return meter
+    return meter, make_batch_counts(model.cfg.umt.clip_frames, v)
 
 
 def _check_finite(c, step: int, metrics: dict, ckpt: Checkpointer) -> None:
