@@ -1,7 +1,7 @@
 r"""Decoder LM speed: ours (jit, Flax NNX) against transformers' PyTorch, same weights, same run.
 
 A random transformers `Qwen2ForCausalLM` (or `LlamaForCausalLM` with --llama) is saved with
-`save_pretrained` and loaded into ours with `convert.hf.load_causal_lm`, so both sides hold the
+`save_pretrained` and loaded into ours with `weights.hf.load_causal_lm`, so both sides hold the
 same weights. Measured, warm, best of --repeats calls:
 
   prefill   tokens/s of one forward pass producing the logits of every position, for
@@ -257,7 +257,7 @@ def main():
     import jax.numpy as jnp
     import torch
 
-    from jax_refvos.convert.hf import load_causal_lm
+    from jax_refvos.weights.hf import load_causal_lm
 
     gpu = args.device == "cuda"
     name = args.preset or ("qwen2_7b" if gpu else "llama" if args.llama else "qwen2")

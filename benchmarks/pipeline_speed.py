@@ -55,9 +55,12 @@ def _tiny_train_config():
 
 def _tiny_train_pipe() -> dict:
     """The data settings of the tiny training config (configs/virst.py)."""
-    from jax_refvos.training import virst_loop
+    from jax_refvos.methods.virst import train_setup
 
-    return virst_loop.pipeline_settings(_tiny_train_config())
+    c = _tiny_train_config()
+    return train_setup.pipeline_settings(
+        c, train_setup.model_config(c, train_setup.run_tokenizer(c))
+    )
 
 
 def _configs(root: Path):
@@ -184,22 +187,23 @@ def tiny_train_step_s(records: Path, repeats: int = 6) -> dict:
     """Seconds per tiny VIRST train step on `records` (median after compilation) + compile s."""
     import jax
 
-    from jax_refvos.pipeline import make_dataset
-    from jax_refvos.training import virst_loop, virst_step
+    from jax_refvos.training import loop
+    from jax_refvos.training import step as train_step
+    from jax_refvos.training.mesh import batch_sharding
 
     c = _tiny_train_config()
     c.data.train_records = str(records)
-    mesh = virst_loop.make_mesh(c)
-    model, optimizer, spec, _ = virst_loop.build(c, mesh)
-    step = virst_loop.make_step(c, model, spec)
-    put = virst_step.batch_sharding(mesh)
-    it = iter(make_dataset(virst_loop.pipeline_config(c, virst_loop.SYNTH_TOKENIZER)))
+    run = loop.build_run(c, records.parent)
+    step = train_step.jit_train_step(run.loss_fn(), run.spec)
+    mesh, model, optimizer = run.mesh, run.model, run.optimizer
+    put = batch_sharding(mesh)
+    it = iter(run.data())
     batches = [{k: np.asarray(v) for k, v in next(it).items()} for _ in range(repeats + 1)]
     times = []
     with jax.set_mesh(mesh):
         for b in batches:
             start = time.perf_counter()
-            jax.block_until_ready(step(model, optimizer, jax.device_put(b, put)))
+            jax.block_until_ready(step(model, optimizer, {}, jax.device_put(b, put)))
             times.append(time.perf_counter() - start)
     return {"step_s": float(np.median(times[1:])), "first_step_s": times[0]}
 

@@ -57,9 +57,8 @@ def random_weights(out: Path) -> None:
 
     from flax import nnx
 
-    from jax_refvos.convert import virst as cvirst
-    from jax_refvos.convert import weights_dir
-    from jax_refvos.model import fusion
+    from jax_refvos.methods.virst import fusion
+    from jax_refvos.methods.virst import weights as cvirst
     from jax_refvos.model.backbone import lm_config, tome, umt
     from jax_refvos.model.backbone.decoder_lm import DecoderLM
     from jax_refvos.model.sam2.config import from_name
@@ -89,13 +88,8 @@ def random_weights(out: Path) -> None:
         "seg_prompter": (fusion.SegPrompter(pcfg, rngs=r), pcfg),
         "occ_predictor": (cvirst.OccPredictor(ocfg, rngs=r), ocfg),
     }
-    weights_dir.save_weights(
-        out,
-        components,
-        kind=cvirst.KIND,
-        source="random (benchmarks/predict_memory.py)",
-        extra={"tokenizer": "tokenizer"},
-        add_files=lambda tmp: cvirst.copy_tokenizer(tok_dir, tmp),
+    cvirst.save_virst(
+        out, components, source="random (benchmarks/predict_memory.py)", tokenizer_dir=tok_dir
     )
 
 

@@ -62,8 +62,8 @@ def same_weights(model_cfg: str, image_size: int, *, video: bool = True):
     import sam2_reference
     import torch
 
-    from jax_refvos.convert.sam2_torch import abstract_sam2
-    from jax_refvos.convert.torch_names import load_torch_state
+    from jax_refvos.weights.sam2_torch import abstract_sam2
+    from jax_refvos.weights.torch_names import load_torch_state
 
     ref = sam2_reference.build_reference(model_cfg, image_size=image_size, seed=0, video=video)
     with torch.no_grad():

@@ -5,8 +5,9 @@ same run.
     PYTHONPATH=. python benchmarks/train_step.py --config "configs/virst.py:variant=tiny,batch=4"
     PYTHONPATH=. python benchmarks/train_step.py --config configs/virst.py:variant=7b --lm_layers 4
 
-What it measures, on the config's model, optimizer and jitted step (`training/virst_step.py`,
-the program `refvos train` runs) fed with real pipeline batches:
+What it measures, on the config's model, optimizer and compiled step (`training/step.py::
+compile_step`, the program `refvos train` runs, built by `training/loop.py::build_run`) fed with
+real pipeline batches:
 
 - compile: seconds to lower and compile the step (`jax.jit(...).lower(...).compile()`);
 - step: median seconds per step after compilation (host->device copy of the batch included);
@@ -17,9 +18,10 @@ the program `refvos train` runs) fed with real pipeline batches:
 - peak: the best of a few timed float32 (CPU) or bfloat16 (GPU/TPU) square matmuls of
   `--peak_n`, 2 n^3 FLOPs each, on the same device; MFU = FLOPs per step / step time / peak.
 
-The tiny preset trains on the synthetic benchmark; with no records under `--data_dir` a small
-synthetic set (`synth=tiny`) is generated there first. `--lm_layers` cuts the LLM depth of a
-preset (the 7b one on a single GPU) and `--init` is ignored here: weights are random.
+Both presets train here on the synthetic benchmark (at the preset's image sizes); with no
+records under `--data_dir` a small synthetic set (`synth=tiny`) is generated there first.
+`--lm_layers` cuts the LLM depth of a preset (the 7b one on a single GPU) and `init` is ignored
+here: weights are random.
 """
 
 import argparse
@@ -52,14 +54,14 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    import dataclasses
-
     import jax
 
     from jax_refvos import config_lib
-    from jax_refvos.model import virst_train
-    from jax_refvos.pipeline import make_dataset
-    from jax_refvos.training import trainable, virst_loop, virst_step
+    from jax_refvos.methods.virst import train_forward as virst_train
+    from jax_refvos.methods.virst import train_setup
+    from jax_refvos.training import loop, trainable
+    from jax_refvos.training import step as train_step
+    from jax_refvos.training.mesh import batch_sharding
     from jax_refvos.training.throughput import cost_flops
 
     path, _, arg = args.config.partition(".py:")
@@ -67,29 +69,34 @@ def main() -> None:
     extra = f"data_dir={data_dir}" + ("" if args.data_dir else ",synth=tiny")
     c = config_lib.load(path + ".py", ",".join(filter(None, [arg, extra])), lock=False)
     c.model.init = ""
-    if c.model.preset == "tiny":
-        virst_loop.ensure_synthetic_records(c)
-    mesh = virst_loop.make_mesh(c)
-    tok = virst_loop.load_tokenizer(virst_loop._tokenizer_dir(c), "virst")
-    cfg = virst_loop.model_config(c, tok)
+    c.data.synth_root = f"{data_dir}/synth"  # every preset: the synthetic benchmark
+    c.data.train_records = f"{data_dir}/records/synth_train"
+    c.data.tokenizer_dir = c.data.tokenizer_dir if c.model.preset == "tiny" else ""
+    train_setup.ensure_synthetic_records(c)
+    method, mesh = loop.check_config(c)
+    record = method.model_record(c, Path(data_dir))
     if args.lm_layers:
-        lm = dataclasses.replace(cfg.lm, num_hidden_layers=args.lm_layers)
-        cfg = dataclasses.replace(cfg, lm=lm)
-    model, optimizer, spec, _ = virst_loop.build(c, mesh, model_cfg=cfg)
-    n_train, n_total = trainable.param_counts(model, spec)
-    put = virst_step.batch_sharding(mesh)
-    it = iter(make_dataset(virst_loop.pipeline_config(c, virst_loop._tokenizer_dir(c))))
+        record["components"]["lm"]["config"]["num_hidden_layers"] = args.lm_layers
+    run = loop.build_run(c, Path(data_dir), method=method, mesh=mesh, record=record)
+    n_train, n_total = trainable.param_counts(run.model, run.spec)
+    put = batch_sharding(mesh)
+    it = iter(run.data())
     batches = [{k: np.asarray(v) for k, v in next(it).items()} for _ in range(args.steps)]
+    lm_layers = record["components"]["lm"]["config"]["num_hidden_layers"]
+
+    def compile_step(first):
+        return train_step.compile_step(
+            run.loss_fn(), run.spec, run.model, run.optimizer, run.state(), first
+        )
 
     with jax.set_mesh(mesh):
         first = jax.device_put(batches[0], put)
         # The program `refvos train` runs (its compile time is the loop's too).
-        compiled, state, lower_s, compile_s = virst_loop.compile_step(
-            c, model, optimizer, spec, first
-        )
+        compiled, lower_s, compile_s = compile_step(first)
+        state = run.state()
         virst_train.ROLLOUT_UNROLL = True
         try:
-            unrolled = virst_loop.compile_step(c, model, optimizer, spec, first)[0]
+            unrolled = compile_step(first)[0]
             flops = cost_flops(unrolled)
         finally:
             virst_train.ROLLOUT_UNROLL = 1
@@ -105,7 +112,7 @@ def main() -> None:
     peak = matmul_peak(args.peak_n, "float32" if platform == "cpu" else "bfloat16")
     res = {
         "config": args.config,
-        "lm_layers": args.lm_layers or cfg.lm.num_hidden_layers,
+        "lm_layers": lm_layers,
         "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
         "cpu_cores": os.cpu_count(),
         "params": {"trainable": n_train, "total": n_total},

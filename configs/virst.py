@@ -1,18 +1,23 @@
 r"""Train VIRST: `tiny` (a laptop CPU, the synthetic benchmark) or `7b` (the paper's shapes).
 
   refvos train --config configs/virst.py:variant=tiny,steps=200 --workdir runs/virst_tiny
-  refvos train --config configs/virst.py:variant=7b,init=W --workdir runs/virst_7b
+  refvos train --config configs/virst.py:variant=7b,init=W,records=R --workdir runs/virst_7b
 
 Arguments (`:key=value,...`): variant (tiny | 7b), steps, ckpt_every, log_every, batch (videos per
 process and step), lr, seed, init (7b: a weights dir from `refvos import-weights --kind virst`),
-mesh (`auto`, the default: as much data parallelism as the global batch allows, the rest of the
-devices model-parallel; or data x fsdp x model, e.g. `mesh=1x4x2`, `mesh=-1x1x1`; -1 = the rest),
-synth (default | tiny: the synthetic benchmark's size), data_dir (where synth/ and records/ live).
+records (the training records, a `refvos convert` output; tiny: the synthetic benchmark's by
+default), vlm_frames / sam_frames (frames sampled per video for the VLM and for SAM 2 /
+ST-Fusion; tiny 8 / 8, 7b 64 / 32), mesh (`auto`, the default: as much data parallelism as the
+global batch allows, the rest of the devices model-parallel; or data x fsdp x model, e.g.
+`mesh=1x4x2`, `mesh=-1x1x1`; -1 = the rest), synth (default | tiny: the synthetic benchmark's
+size), data_dir (where synth/ and records/ live).
 
-`tiny` (model/virst_presets.py::virst_tiny) trains every parameter from scratch on the synthetic
-benchmark (`data/synth`, converted to `data/records/synth_{train,valid_u}`; created first when
-missing). `7b` follows reference/virst.md §6: starts from imported official weights, frozen UMT and
-Hiera, LoRA-style trainable LLM parts, SegPrompter / ISF / SAM2 decoder trained, AdamW lr 1e-5.
+`tiny` (methods/virst/presets.py::virst_tiny) trains every parameter from scratch on the
+synthetic benchmark (`data/synth`, converted to `data/records/synth_{train,valid_u}`; created
+first when missing). `7b` follows reference/virst.md §6: starts from imported official weights
+(every shape and the tokenizer from the weights dir), frozen UMT and Hiera, LoRA on the LLM's
+decoder layers, SegPrompter / ISF / SAM2 decoder trained, AdamW lr 1e-5; without `records` it
+stops before anything is written (the data must be converted first, docs/training.md).
 """
 
 import ml_collections
@@ -47,6 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         lr=-1.0,
         seed=0,
         init="",
+        records="",
+        vlm_frames=-1,
+        sam_frames=-1,
         mesh="auto",
         synth="default",
         data_dir="data",
@@ -55,11 +63,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"unknown variant {arg.variant!r}; choose from {VARIANTS}")
     tiny = arg.variant == "tiny"
     c = ml_collections.ConfigDict()
+    c.method = "virst"
     c.variant = arg.variant
     c.seed = arg.seed
-    c.steps = arg.steps if arg.steps > 0 else (600 if tiny else 100_000)
+    c.steps = arg.steps if arg.steps != -1 else (600 if tiny else 100_000)
     c.log_every = arg.log_every
-    c.ckpt_every = arg.ckpt_every if arg.ckpt_every > 0 else (100 if tiny else 1000)
+    c.ckpt_every = arg.ckpt_every if arg.ckpt_every != -1 else (100 if tiny else 1000)
     c.keep_checkpoints = 3
     c.mesh = _mesh(arg.mesh)
     c.skip_nonfinite = False  # True: a step with a NaN/Inf loss or gradient is skipped, not fatal
@@ -80,12 +89,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The synthetic benchmark the tiny preset trains on (also `refvos synth --config` input).
     c.synth = dict(SYNTH_VARIANTS[arg.synth], seed=arg.seed)
     c.data = ml_collections.ConfigDict()
-    c.data.synth_root = f"{arg.data_dir}/synth" if tiny else ""
-    c.data.train_records = f"{arg.data_dir}/records/synth_train" if tiny else ""
+    c.data.synth_root = f"{arg.data_dir}/synth" if tiny and not arg.records else ""
+    c.data.train_records = arg.records or (f"{arg.data_dir}/records/synth_train" if tiny else "")
     c.data.tokenizer_dir = "" if tiny else "tokenizer"  # "" = the synthetic tokenizer
-    c.data.batch_size = arg.batch if arg.batch > 0 else (2 if tiny else 1)
-    c.data.vlm_frames = 8 if tiny else 64
-    c.data.sam_frames = 8 if tiny else 32
+    c.data.batch_size = arg.batch if arg.batch != -1 else (2 if tiny else 1)
+    c.data.vlm_frames = arg.vlm_frames if arg.vlm_frames != -1 else (8 if tiny else 64)
+    c.data.sam_frames = arg.sam_frames if arg.sam_frames != -1 else (8 if tiny else 32)
     c.data.max_expressions = 2 if tiny else 3
     c.data.max_text_len = 128 if tiny else 512
     c.data.num_workers = 0

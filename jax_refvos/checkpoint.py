@@ -171,6 +171,46 @@ class Checkpointer:
         self.close()
 
 
+def restore_subtree(directory: str | Path, target: Any, *, step: int | None = None) -> Any:
+    """Part of a saved train state, e.g. `{"model": abstract model state}` for inference.
+
+    Reads only the entries of `target` (Orbax partial restore) from the state item of
+    checkpoint `step` (default the newest) in `directory`; the rest (optimizer moments, ...) is
+    not read. `target`'s `jax.ShapeDtypeStruct` leaves carry the shardings to restore onto.
+
+    Raises:
+        InputError naming the checkpoint: none there, or it does not hold / fit `target`.
+    """
+    directory = Path(directory).absolute()
+    steps = (
+        sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+        if (directory.is_dir())
+        else []
+    )
+    if step is None:
+        if not steps:
+            raise InputError(f"{directory}: no checkpoint to restore")
+        step = steps[-1]
+    elif step not in steps:
+        raise InputError(f"{directory}: no checkpoint for step {step} (found {steps})")
+    item = directory / str(step) / STATE_ITEM
+    if not item.is_dir():
+        raise InputError(f"{directory / str(step)}: incomplete checkpoint (no '{STATE_ITEM}' item)")
+    args = ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+    )
+    try:
+        with ocp.PyTreeCheckpointer() as ckpt:
+            return ckpt.restore(item, args=args)
+    except Exception as e:  # see `Checkpointer.restore`
+        raise InputError(
+            f"{directory / str(step)}: cannot restore ({type(e).__name__}: {_first_line(e)}); "
+            "the checkpoint is incomplete or corrupt, or was written for another model"
+        ) from e
+
+
 def _first_line(e: BaseException, limit: int = 300) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return text if len(text) <= limit else text[:limit] + "..."

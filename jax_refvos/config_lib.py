@@ -29,7 +29,8 @@ T = TypeVar("T")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def _parse_value(key: str, text: str, default: Any) -> Any:
+def parse_value(key: str, text: str, default: Any) -> Any:
+    """`text` cast to `default`'s type (bool: true/false/1/0/yes/no/on/off); InputError."""
     if isinstance(default, bool):
         if text.lower() in _TRUE:
             return True
@@ -61,7 +62,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
             key, text = next(iter(defaults)), key
         if key not in defaults:
             raise InputError(f"config arg {key!r} is unknown{_did_you_mean(key, defaults)}")
-        values[key] = _parse_value(key, text.strip(), defaults[key])
+        values[key] = parse_value(key, text.strip(), defaults[key])
     return ml_collections.ConfigDict(values)
 
 
@@ -94,7 +95,12 @@ def load(
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise InputError(f"{path}: a config file must define get_config(arg)")
-    cfg = module.get_config(arg)
+    try:
+        cfg = module.get_config(arg)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    except (ValueError, KeyError, TypeError) as e:  # a config's own argument checks
+        raise InputError(f"{path}: {e}") from None
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise InputError(f"{path}: get_config must return an ml_collections.ConfigDict")
     if lock:

@@ -19,3 +19,5 @@ def shared_dir() -> Path | None:
 
 
 VIRST_FIXTURE = (shared_dir() or REPO / "missing-shared") / "fixtures" / "virst_tiny_dev"
+# The Qwen2 tokenizer of VideoChat-Flash / VIRST (`shared/tokenizers/`).
+QWEN2_TOKENIZER = (shared_dir() or REPO / "missing-shared") / "tokenizers" / "videochat_flash_qwen2"

@@ -10,9 +10,9 @@ import pytest
 from safetensors.numpy import save_file
 from shared_paths import VIRST_FIXTURE
 
-from jax_refvos.convert import backbones, hf, weights_dir
 from jax_refvos.main import import_weights
 from jax_refvos.model.backbone import lm_config
+from jax_refvos.weights import backbones, hf, weights_dir
 
 sys.path.insert(0, str(Path(__file__).parent / "model"))
 from test_decoder_lm import hf_config, hf_state  # noqa: E402
@@ -135,7 +135,7 @@ def torch_layout_state(module, prefix: str) -> dict:
     """Our module's variables as a torch state dict (inverse of torch_names' layout rules)."""
     from flax import nnx
 
-    from jax_refvos.convert.torch_names import torch_key_map
+    from jax_refvos.weights.torch_names import torch_key_map
 
     nodes = dict(nnx.iter_graph(module))
     parents = {id(v): nodes[p[:-1]] for p, v in nodes.items() if isinstance(v, nnx.Variable)}

@@ -15,14 +15,15 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from shared_paths import QWEN2_TOKENIZER
 from shared_paths import VIRST_FIXTURE as FIXTURE
-from shared_paths import shared_dir
 
-from jax_refvos.main import import_weights, predict, video_io
+from jax_refvos import video_io
+from jax_refvos.main import import_weights, predict
 from jax_refvos.pipeline import prompts
 from jax_refvos.pipeline.tokenizer import load_tokenizer
 
-TOKENIZER = (shared_dir() or FIXTURE) / "tokenizers" / "videochat_flash_qwen2"
+TOKENIZER = QWEN2_TOKENIZER
 SAFETENSORS = FIXTURE / "virst_tiny.safetensors"
 VIDEO = FIXTURE / "video" / "vid0"
 TEXT = "the blue square moving down"
@@ -145,7 +146,10 @@ def test_bad_inputs_exit_2_and_write_nothing(workdir, tmp_path, capsys):
     out = tmp_path / "pred"
     base = ["--video", str(VIDEO), "--text", TEXT, "--out_dir", str(out)]
     assert predict.main(["--workdir", str(tmp_path / "nope"), *base]) == 2
-    assert "no config.json" in capsys.readouterr().err
+    assert "nope: directory does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert predict.main(["--workdir", str(tmp_path / "empty"), *base]) == 2
+    assert "not a weights dir or training workdir (no config.json)" in capsys.readouterr().err
     assert predict.main(["--workdir", str(workdir), *base, "--question_template_id", "99"]) == 2
     assert "--question_template_id 99" in capsys.readouterr().err
 
@@ -171,7 +175,7 @@ def test_bad_inputs_exit_2_and_write_nothing(workdir, tmp_path, capsys):
     (frames / "00003.jpg").write_bytes(b"not a jpeg")
     assert f"{frames / '00003.jpg'}: cannot read the image" in run(frames)
     assert not out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "frames"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "empty", "frames"]
 
 
 @pytest.mark.slow  # two more compiles (~60 s): 10 frames (flex draws 8) and 1 frame (padded to 8)

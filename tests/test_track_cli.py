@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from jax_refvos.main import track
-from jax_refvos.model.sam2.video_predictor import Sam2VideoPredictor
+from jax_refvos.weights import sam2_torch
 
 H, W, T = 24, 32, 3
 
@@ -220,11 +220,11 @@ class StubPredictor:
 def stub(monkeypatch):
     holder = {"predictor": StubPredictor(), "kwargs": None}
 
-    def from_checkpoint(cls, path, model_cfg, **kwargs):
+    def load_video_predictor(path, model_cfg, **kwargs):
         holder["kwargs"] = dict(path=path, model_cfg=model_cfg, **kwargs)
         return holder["predictor"]
 
-    monkeypatch.setattr(Sam2VideoPredictor, "from_checkpoint", classmethod(from_checkpoint))
+    monkeypatch.setattr(sam2_torch, "load_video_predictor", load_video_predictor)
     return holder
 
 

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jax_refvos.convert import hf
-from jax_refvos.model import virst
+from jax_refvos.methods.virst import model as virst
+from jax_refvos.methods.virst.sam2_config import sam2_config_from_yaml
 from jax_refvos.model.backbone.umt import UmtConfig
-from jax_refvos.model.virst_sam2_config import sam2_config_from_yaml
+from jax_refvos.weights import hf
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -31,7 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "import-weights": (
         "jax_refvos.main.import_weights",
-        "official backbone checkpoints (HF LM, VideoChat-Flash, LISA, CLIP) -> our weights dir",
+        "official checkpoints (a method's: VIRST; backbones: HF LM, VideoChat-Flash, LISA, "
+        "CLIP) -> our weights dir",
     ),
     "track": (
         "jax_refvos.main.track",
@@ -39,15 +40,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": (
         "jax_refvos.main.train",
-        "train VIRST from a config (sharded, resumable): metrics.jsonl, TensorBoard, checkpoints",
+        "train a method from a config (sharded, resumable): metrics.jsonl, TensorBoard, "
+        "checkpoints",
     ),
     "predict": (
         "jax_refvos.main.predict",
-        "VIRST: mask a video's object named by a sentence (logits.npy, PNGs, overlay mp4 or GIF)",
+        "mask a video's object named by a sentence (logits.npy, PNGs, overlay mp4 or GIF)",
     ),
     "evaluate": (
         "jax_refvos.main.evaluate",
-        "VIRST on every expression of a converted split -> PNGs + J&F (or a submission zip)",
+        "a model on every expression of a converted split -> PNGs + J&F (or a submission zip)",
     ),
 }
 
@@ -85,6 +87,16 @@ def run_command(
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def method_options(fv: flags.FlagValues, names: Sequence[str]) -> dict:
+    """The method options the user gave: `--option KEY=VALUE`s and the named option flags
+    `names` that are present (the method's defaults apply to the rest)."""
+    from jax_refvos.methods.base import parse_option_flags
+
+    given = parse_option_flags(fv.option)
+    given.update({name: fv[name].value for name in names if fv[name].present})
+    return given
 
 
 def _usage() -> str:

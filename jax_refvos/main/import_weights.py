@@ -1,21 +1,24 @@
-"""`refvos import-weights`: official backbone checkpoints -> our weights directory.
+"""`refvos import-weights`: official checkpoints -> our weights directory.
 
     refvos import-weights --kind {hf-lm,videochat-flash,lisa,clip} --src DIR --out_dir O
         [--vision_config JSON] [--lora merge|keep] [--lora_alpha A] [--overwrite]
     refvos import-weights --kind virst --src STATE_DICT --config CONFIG_JSON --out_dir O
         [--sam2_config YAML] [--vision_config JSON] [--tokenizer DIR] [--lora ...] [--overwrite]
 
-`--src` is an HF-style model directory (config.json + safetensors or pytorch_model.bin, single
-or sharded). The output (`convert/weights_dir.py`) is config.json + an Orbax checkpoint of each
-component ("lm", "vision", "projector"), written atomically. `--vision_config` overrides the
-vision tower's shape (VideoChat-Flash: the UMT keys of the VIRST fixture's config_umt_tiny.json;
-LISA / clip: an HF CLIP vision config.json). LoRA adapters in the checkpoint are merged by
-default, or kept as adapters (`--lora keep`); their alpha comes from `--lora_alpha` or an
-adapter_config.json in `--src`.
+Backbones (`weights/backbones.py`): `--src` is an HF-style model directory (config.json +
+safetensors or pytorch_model.bin, single or sharded). The output (`weights/weights_dir.py`) is
+config.json (method null, kind the backbone's) + an Orbax checkpoint of each component ("lm",
+"vision", "projector"), written atomically. `--vision_config` overrides the vision tower's shape
+(VideoChat-Flash: the UMT keys of the VIRST fixture's config_umt_tiny.json; LISA / clip: an HF
+CLIP vision config.json). LoRA adapters in the checkpoint are merged by default, or kept as
+adapters (`--lora keep`); their alpha comes from `--lora_alpha` or an adapter_config.json in
+`--src`.
 
-`--kind virst` (`convert/virst.py`): `--src` is the released state dict FILE (`.pt` / `.bin`, or
-`.safetensors`), `--config` VIRST's config.json, `--sam2_config` the SAM2 yaml (default
-SAM2.1-L, as released); it writes seven components (vision, projector, lm, sam2,
+A method's checkpoint (`--kind` a registered method; its `Method.import_weights`): a weights dir
+whose config.json records the method, for `refvos train` (`init=`), `evaluate` and `predict`.
+`--kind virst` (`methods/virst/weights.py`): `--src` is the released state dict FILE (`.pt` /
+`.bin`, or `.safetensors`), `--config` VIRST's config.json, `--sam2_config` the SAM2 yaml
+(default SAM2.1-L, as released); it writes seven components (vision, projector, lm, sam2,
 initial_seg_fusion, seg_prompter, occ_predictor) and copies the tokenizer (`--tokenizer`, default
 the config's directory) into `<out_dir>/tokenizer/`. Every tensor must be used; LoRA alpha
 defaults to VIRST's 16.
@@ -25,17 +28,19 @@ from pathlib import Path
 
 from absl import flags
 
-from jax_refvos.convert import backbones, virst, weights_dir
 from jax_refvos.errors import InputError
 from jax_refvos.main.cli import run_command
+from jax_refvos.methods import registry
+from jax_refvos.weights import backbones, weights_dir
 
 LM_KINDS = ("hf-lm", "videochat-flash", "lisa")
-KINDS = (*backbones.KINDS, virst.KIND)
+METHOD_FLAGS = ("config", "sam2_config", "vision_config", "tokenizer", "lora", "lora_alpha")
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_enum("kind", None, list(KINDS), "What the checkpoint is.",
-                      flag_values=fv)  # fmt: skip
+    # Backbone kinds, then the registered methods (whose `Method.import_weights` does the work).
+    kinds = [*backbones.KINDS, *registry.names()]
+    flags.DEFINE_enum("kind", None, kinds, "What the checkpoint is.", flag_values=fv)
     flags.DEFINE_string(
         "src", None, "HF-style model directory (virst: the state dict file).", flag_values=fv
     )
@@ -63,11 +68,15 @@ def body(fv: flags.FlagValues) -> None:
     src, out = Path(fv.src), Path(fv.out_dir)
     if out.exists() and not fv.overwrite:
         raise InputError(f"{out}: exists (pass --overwrite to replace it)")
-    if fv.kind == virst.KIND:
-        return _body_virst(fv, src, out)
+    if fv.kind in registry.names():
+        method = registry.get(fv.kind)
+        options = {name: fv[name].value for name in METHOD_FLAGS if fv[name].present}
+        method.import_weights(src, out, options, overwrite=fv.overwrite)
+        print(f"wrote {out}\n{weights_dir.describe(out)}")
+        return
     for name in ("config", "sam2_config", "tokenizer"):
         if fv[name].value is not None:
-            raise InputError(f"--{name} only applies to --kind virst")
+            raise InputError(f"--{name} only applies to a method's --kind ({registry.names()})")
     kwargs = {}
     if fv.vision_config:
         if fv.kind == "hf-lm":
@@ -81,37 +90,11 @@ def body(fv: flags.FlagValues) -> None:
     weights_dir.save_weights(
         out,
         imported.components,
+        method=None,  # backbone parts, not a method's whole model
         kind=fv.kind,
         source=str(src.absolute()),
         extra=imported.extra,
         overwrite=fv.overwrite,
-    )
-    print(f"wrote {out}\n{weights_dir.describe(out)}")
-
-
-def _body_virst(fv: flags.FlagValues, src: Path, out: Path) -> None:
-    if not fv.config:
-        raise InputError("--kind virst needs --config (VIRST's config.json)")
-    config = Path(fv.config)
-    tokenizer = Path(fv.tokenizer) if fv.tokenizer else config.parent
-    virst.check_tokenizer(tokenizer)  # before the (long) import
-    print(f"importing virst from {src}", flush=True)
-    imported = virst.import_virst(
-        src,
-        config,
-        sam2_yaml=fv.sam2_config,
-        vision_config=fv.vision_config,
-        lora_mode=fv.lora,
-        lora_alpha=virst.DEFAULT_LORA_ALPHA if fv.lora_alpha is None else fv.lora_alpha,
-    )
-    weights_dir.save_weights(
-        out,
-        imported.components,
-        kind=virst.KIND,
-        source=str(src.absolute()),
-        extra={**imported.extra, "tokenizer": "tokenizer"},
-        overwrite=fv.overwrite,
-        add_files=lambda tmp: virst.copy_tokenizer(tokenizer, tmp),
     )
     print(f"wrote {out}\n{weights_dir.describe(out)}")
 

@@ -1,11 +1,14 @@
-"""refvos predict: segment the object a sentence refers to, through a video, with VIRST.
+"""refvos predict: segment the object a sentence refers to, through a video.
 
   refvos predict --workdir W --video frames/|clip.mp4 --text "the blue square moving down"
       --out_dir O [--question_template_id 0] [--answer_template_id 0] [--initial_seg_fusion false]
-      [--seed 42] [--dynamic_anchors] [--overlay auto|mp4|gif] [--chunk_size 8] [--overwrite]
+      [--seed 42] [--dynamic_anchors] [--option KEY=VALUE ...] [--overlay auto|mp4|gif]
+      [--chunk_size 8] [--overwrite]
 
---workdir is a weights directory written by `refvos import-weights --kind virst` (its
-`tokenizer/` holds the tokenizer) or a `refvos train` workdir (its newest checkpoint).
+--workdir is a weights directory written by `refvos import-weights` of a method (`--kind
+virst`; its `tokenizer/` holds the tokenizer) or a `refvos train` workdir (its newest
+checkpoint); the directory's recorded method runs (`methods/registry.py`). The template, ISF and
+dynamic-anchor flags are VIRST's; --option KEY=VALUE passes any method's option.
 --video is a folder of JPEG frames, taken sorted by name (by
 number when every name is a number), or a video file (.mp4, .avi, .mov, .mkv, .webm) decoded
 with PyAV (`pip install 'jax_refvos[video]'`), whose frames are named 00000, 00001, ... The
@@ -25,7 +28,8 @@ Written to --out_dir (it appears complete or not at all): logits.npy = float32[L
 logits at the frames' own resolution, in frame order; <frame>.png (0/255) per frame; the frames
 with the mask tinted red, for a person to look at: overlay.mp4 (at most 640 px) with PyAV, else
 overlay.gif (at most 320 px) (--overlay picks); predict.json: the frame names (the rows of
-logits.npy) and the sampled frames. Frames are decoded when needed and results written chunk by
+logits.npy), the method and what it sampled (VIRST: the VLM / ST-Fusion frames, the templates
+and the switches the model ran with). Frames are decoded when needed and results written chunk by
 chunk, so memory does not grow with L.
 """
 
@@ -38,8 +42,9 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
+from jax_refvos import video_io
 from jax_refvos.errors import InputError
-from jax_refvos.main import cli, video_io, virst_workdir
+from jax_refvos.main import cli
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -74,40 +79,37 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer(
         "chunk_size", 8, "Frames per compiled propagation chunk.", lower_bound=1, flag_values=fv
     )
+    flags.DEFINE_multi_string(
+        "option", [], "A method option KEY=VALUE (repeatable).", flag_values=fv
+    )
     flags.DEFINE_boolean("overwrite", False, "Replace an existing --out_dir.", flag_values=fv)
     for name in ("workdir", "video", "text", "out_dir"):
         flags.mark_flag_as_required(name, flag_values=fv)
 
 
-def _template_ids(text: str, q: int, a: int) -> None:
-    from jax_refvos.pipeline import prompts
-
-    long = text.endswith("?")
-    questions = prompts.VIRST_LONG_QUESTIONS if long else prompts.VIRST_SHORT_QUESTIONS
-    if not 0 <= q < len(questions):
-        kind = "long (text ends with '?')" if long else "short"
-        raise InputError(
-            f"--question_template_id {q}: the {kind} questions are 0..{len(questions) - 1}"
-        )
-    if not 0 <= a < len(prompts.VIRST_ANSWERS):
-        raise InputError(
-            f"--answer_template_id {a}: the answers are 0..{len(prompts.VIRST_ANSWERS) - 1}"
-        )
+# Flags that are method options (`Method.load_options`): passed on only when given.
+METHOD_OPTIONS = (
+    "question_template_id",
+    "answer_template_id",
+    "initial_seg_fusion",
+    "dynamic_anchors",
+)
 
 
 # ----------------------------------------------------------------------------- command
 def body(fv: flags.FlagValues) -> None:
     from jax_refvos import fileio
-    from jax_refvos.pipeline import prompts, sampling
+    from jax_refvos.methods import registry
+    from jax_refvos.methods.base import resolve_options
 
-    # Cheap checks first (flags, paths, frame headers), then the tokenizer, then the weights.
+    # Cheap checks first (flags, paths, frame headers), then the weights.
     text = fv.text.strip()
     if not text:
         raise InputError("--text is empty")
-    q, a = fv.question_template_id, fv.answer_template_id
-    _template_ids(text, q, a)
     workdir, out_dir = Path(fv.workdir), Path(fv.out_dir)
-    virst_workdir.check_workdir(workdir)
+    method, kind = registry.open_workdir(workdir)
+    options = resolve_options(method, cli.method_options(fv, METHOD_OPTIONS), "refvos predict")
+    method.check_predict(text, options)
     if out_dir.exists() and not fv.overwrite:
         raise InputError(f"{out_dir}: already exists (pass --overwrite to replace it)")
     overlay = fv.overlay
@@ -121,48 +123,26 @@ def body(fv: flags.FlagValues) -> None:
     video = video_io.Video(Path(fv.video))
     try:
         start = time.perf_counter()
-        model, tok = virst_workdir.load_model(
-            workdir, initial_seg_fusion=fv.initial_seg_fusion, dynamic_anchors=fv.dynamic_anchors
-        )
-        ids, _ = prompts.virst_encode(tok, prompts.virst_messages(text, q, a))
-        sam_size, n = model.cfg.sam2.image_size, len(video)
-        rng = np.random.default_rng(fv.seed)
-        vlm_idx = sampling.virst_vlm_indices(n, rng)
-        sam_idx = vlm_idx[sampling.virst_sam_positions(len(vlm_idx), rng)]
-        vlm, stf = video_io.views(video, vlm_idx, sam_idx, sam_size, model.cfg.umt.img_size)
+        predictor = method.load(workdir, kind, options)
+        n = len(video)
         with fileio.atomic_directory(out_dir, overwrite=fv.overwrite) as tmp:
-            chunks = model.predict(
-                vlm,
-                stf,
-                video_io.prop_loader(video, sam_size),
-                np.asarray(ids, np.int32),
-                video_size=video.size,
-                num_frames=n,
-                sam_frame_ids=sam_idx,
-                chunk_size=fv.chunk_size,
-                stream=True,
-            )
-            del vlm, stf  # the prompts are computed: only chunks of frames from here on
+            facts, chunks = predictor.predict(video, text, seed=fv.seed, chunk_size=fv.chunk_size)
             logits = video_io.LogitsFile(tmp / "logits.npy", (n, *video.size))
             try:
-                for index, chunk in chunks:
-                    logits.write(index, chunk)
-                    for i, lg in zip(index, chunk, strict=True):
+                for index, chunk in chunks:  # [m, 1, H, W]
+                    logits.write(index, chunk[:, 0])
+                    for i, lg in zip(index, chunk[:, 0], strict=True):
                         png = Image.fromarray(((lg > 0) * 255).astype(np.uint8))
                         png.save(tmp / f"{video.names[i]}.png")
                 video_io.write_overlay(tmp, video, logits, overlay)
             finally:
                 logits.close()
             meta = {
+                "method": method.name,
                 "frames": video.names,
-                "vlm_frames": vlm_idx.tolist(),
-                "sam_frames": sam_idx.tolist(),
                 "seed": fv.seed,
                 "text": text,
-                "question_template_id": q,
-                "answer_template_id": a,
-                "initial_seg_fusion": fv.initial_seg_fusion,
-                "dynamic_anchors": fv.dynamic_anchors,
+                **facts,
             }
             (tmp / "predict.json").write_text(json.dumps(meta, indent=1) + "\n")
     finally:

@@ -116,7 +116,8 @@ def run(fv: flags.FlagValues) -> None:
 
     from jax_refvos.model.sam2.config import from_name
     from jax_refvos.model.sam2.video_frames import load_video_frames
-    from jax_refvos.model.sam2.video_predictor import InferenceState, Sam2VideoPredictor
+    from jax_refvos.model.sam2.video_predictor import InferenceState
+    from jax_refvos.weights import sam2_torch
 
     # Cheap checks first (flags, files), then the frames, then the checkpoint (slow to load).
     kind, value = _parse_prompt(fv)
@@ -146,7 +147,7 @@ def run(fv: flags.FlagValues) -> None:
             f"{fv.mask_png}: mask size {value.shape[1]}x{value.shape[0]} differs "
             f"from the frames' {width}x{height}"
         )
-    predictor = Sam2VideoPredictor.from_checkpoint(
+    predictor = sam2_torch.load_video_predictor(
         fv.checkpoint, fv.model_cfg, image_size=fv.image_size, chunk_size=fv.chunk_size
     )
     state = InferenceState(images=images, video_height=height, video_width=width)

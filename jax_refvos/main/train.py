@@ -1,10 +1,13 @@
-"""refvos train: train VIRST with a config, sharded over the mesh it names, resumable.
+"""refvos train: train a method with a config, sharded over the mesh it names, resumable.
 
   refvos train --config configs/virst.py:variant=tiny,steps=200 --workdir runs/virst_tiny
 
---config is configs/X.py[:key=value,...] (see the config's docstring for its arguments). The
-workdir gets config.json, metrics.jsonl, tensorboard/ and checkpoints/; rerunning the same
-command resumes from the newest checkpoint, and SIGTERM / Ctrl-C saves one and exits.
+--config is configs/X.py[:key=value,...] (see the config's docstring for its arguments); the
+config's `method` key names the method (`methods/registry.py`). The workdir gets config.json
+(the config, its method and the record of the model), metrics.jsonl, tensorboard/ and
+checkpoints/; rerunning the same command resumes from the newest checkpoint, and SIGTERM /
+Ctrl-C saves one and exits. A bad config (an unknown argument or key, a variant or mesh that
+does not exist, missing data) stops with one `error:` line before anything is written.
 
 Several processes (hosts) train one model: run the same command on each with
 --coordinator_address HOST:PORT --num_processes N --process_id I, or nothing extra where JAX
@@ -57,9 +60,9 @@ def run(fv: flags.FlagValues) -> None:
     # Orbax logs every step of every save at INFO through absl; keep the run's log readable.
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger(__name__).info("%s", joined)
-    from jax_refvos.training import virst_loop  # after joining: nothing may touch a backend first
+    from jax_refvos.training import loop  # after joining: nothing may touch a backend first
 
-    last = virst_loop.train(c, fv.workdir)
+    last = loop.train(c, fv.workdir)
     if main and not last:
         print(f"{fv.workdir}: already trained to step {c.steps}; nothing to do")
     elif main:

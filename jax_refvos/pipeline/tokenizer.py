@@ -11,9 +11,9 @@ import functools
 import threading
 from typing import Any
 
+from jax_refvos.token_ids import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: F401 (re-exported)
+
 IMAGE_TOKEN = "<image>"
-IMAGE_TOKEN_INDEX = -200  # `tokenizer_image_token` / `preprocess_virst` placeholder id
-IGNORE_INDEX = -100
 SEG_TOKEN = "[SEG]"
 GLUS_SPECIAL = ("<im_start>", "<im_end>")
 

@@ -10,18 +10,18 @@ logs the means over the window since the last log:
     tokens_per_s                    global real LLM tokens per second (text + visual)
     mfu                             flops_per_step / step_s / (peak per device)
 
-FLOPs come from XLA's cost analysis of the compiled (SPMD-partitioned, so per-device) step,
-which counts a while-loop body once: the SAM2 rollout scan is counted for one frame, so MFU
-here is a lower bound (`benchmarks/train_step.py` unrolls the scan to count it fully; for the
-tiny preset the full count is 2.0x, for the 7b preset the LLM dominates). The peak is
-`peak_flops` (config, per device) when set, else the vendor's dense bf16 figure for known
-accelerators, else (CPU and unknown devices) a float32 matmul peak measured at start-up
-(`matmul_peak`, about a second).
+The counts come from the method (`Method.batch_counts`: what a clip, a frame and a token are is
+the method's). FLOPs come from XLA's cost analysis of the compiled (SPMD-partitioned, so
+per-device) step, which counts a while-loop body once: a scan over frames (VIRST's SAM2
+rollout) is counted for one frame, so MFU here is a lower bound (`benchmarks/train_step.py`
+unrolls VIRST's scan to count it fully; for the tiny preset the full count is 2.0x, for the 7b
+preset the LLM dominates). The peak is `peak_flops` (config, per device) when set, else the
+vendor's dense bf16 figure for known accelerators, else (CPU and unknown devices) a float32
+matmul peak measured at start-up (`matmul_peak`, about a second).
 """
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array
 
 # Dense bf16 FLOP/s per chip (vendor data sheets), matched by substring of `device_kind`.
 PEAK_BF16 = (
@@ -117,27 +117,3 @@ class ThroughputMeter:
             out["mfu"] = self.flops_per_step / out["step_s"] / self.peak_flops
         self._reset()
         return out
-
-
-def make_batch_counts(clip_frames: int, visual_tokens: int):
-    """A jitted `counts(batch)`: real clips, SAM frames and LLM tokens (text of real rows plus
-    each real row's real visual tokens) of a global batch, as int32 scalars.
-
-    `visual_tokens` is the VLM's tokens per video at full length, `clip_frames` its frames per
-    clip (`model.cfg.umt.clip_frames`).
-    """
-    from jax_refvos.model.virst_train import visual_valid_tokens
-
-    @jax.jit
-    def counts(batch: dict) -> dict[str, Array]:
-        expr = batch["expr_valid"]  # [b, o]
-        visual = visual_valid_tokens(batch["vlm_frame_valid"], clip_frames, visual_tokens)
-        per_video = jnp.sum(visual, axis=1)  # [b]
-        text = jnp.sum(batch["text_valid"] & expr[..., None])
-        return {
-            "clips": jnp.sum(batch["sam_frame_valid"].any(axis=1)),
-            "frames": jnp.sum(batch["sam_frame_valid"]),
-            "tokens": text + jnp.sum(expr * per_video[:, None]),
-        }
-
-    return counts

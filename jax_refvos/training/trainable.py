@@ -2,9 +2,8 @@
 
 A parameter's path is its attribute path joined by "/", e.g. `vision_tower/blocks/0/attn/qkv/
 kernel` or `lm/model/layers/3/self_attn/q_proj/lora_A/kernel`. A parameter trains when it
-matches one `trainable` pattern and no `frozen` pattern (`re.search`). reference/virst.md §6.3
-(VIRST's recipe, mostly inferred): UMT frozen, LoRA on the LLM, SegPrompter + ISF + the `[SEG]`
-row trained, SAM2's decoder trained.
+matches one `trainable` pattern and no `frozen` pattern (`re.search`). A method names its rule
+(`Method.trainable`; VIRST's paper recipe is `methods/virst/config.py::VIRST_PAPER`).
 """
 
 import dataclasses
@@ -44,17 +43,5 @@ def param_counts(model: nnx.Module, spec: TrainableSpec) -> tuple[int, int]:
     return int(train), int(total)
 
 
-# VIRST's recipe (reference/virst.md §6.3), for a model built from official weights.
-VIRST_PAPER = TrainableSpec(
-    trainable=(
-        r"^seg_prompter/",
-        r"^initial_seg_fusion_module/",
-        r"^seg_model/sam_mask_decoder/",
-        r"/lora_[AB]/",  # lora.LoraLinear adapters (peft names)
-        r"^lm/model/embed_tokens/",
-        r"^lm/lm_head/",
-    ),
-    frozen=(r"^vision_tower/", r"^seg_model/image_encoder/"),
-)
-# From scratch (the tiny preset): everything trains.
+# Everything trains (from scratch). Methods define their recipes beside their configs.
 EVERYTHING = TrainableSpec()

@@ -1,32 +1,35 @@
-"""`refvos evaluate`: batched whole-video VIRST inference over a converted split, scored.
+"""`refvos evaluate`: batched whole-video inference over a converted split, scored.
 
-Fast tests run the command with the model stubbed (an oracle that returns +-1 logits from the
-ground truth must score J&F = 100) and check the records-based scorer against `refvos score`
-(exactly equal per expression on tiny_mevis's hard cases). With the tiny VIRST fixture
-(skipped when absent), one real run on 1 synthetic video of 4 frames with 2 expressions checks the
-layout and metrics.json; the slow test checks that the one-pass, all-expressions result equals
-`Virst.predict` per expression on the same sampled frames (relative logit error <= 1e-5; we
-measure ~1e-6) and the PNGs equal (logits > 0) * 255.
+Fast tests run the command with the oracle method (tests/eval/oracle_method.py, registered for
+the test: +-1 logits from the ground truth must score J&F = 100) and check the records-based
+scorer against `refvos score` (exactly equal per expression on tiny_mevis's hard cases). With
+the tiny VIRST fixture (skipped when absent), one real run on 1 synthetic video of 4 frames with
+2 expressions checks the layout and metrics.json; the slow test checks that the one-pass,
+all-expressions result equals `Virst.predict` per expression on the same sampled frames
+(relative logit error <= 1e-5; we measure ~1e-6) and the PNGs equal (logits > 0) * 255.
 """
 
 import dataclasses
 import json
-import types
 import zipfile
 
 import numpy as np
+import oracle_method
 import pytest
 import tiny_mevis
 from PIL import Image
+from shared_paths import QWEN2_TOKENIZER
 from shared_paths import VIRST_FIXTURE as FIXTURE
-from shared_paths import shared_dir
 
 from jax_refvos.datasets import records
 from jax_refvos.datasets.example import Track
-from jax_refvos.eval import baselines, score, virst_inference
+from jax_refvos.eval import baselines, records_scoring, runner, score
 from jax_refvos.main import convert, evaluate, import_weights, synth
+from jax_refvos.methods import registry
+from jax_refvos.methods.virst import inference as virst_inference
+from jax_refvos.methods.virst import workdir as virst_workdir
 
-TOKENIZER = (shared_dir() or FIXTURE) / "tokenizers" / "videochat_flash_qwen2"
+TOKENIZER = QWEN2_TOKENIZER
 HAVE_FIXTURE = (FIXTURE / "virst_tiny.safetensors").exists() and TOKENIZER.is_dir()
 needs_fixture = pytest.mark.skipif(not HAVE_FIXTURE, reason="VIRST tiny fixture not present")
 LOGIT_REL_TOL = 1e-5
@@ -52,40 +55,18 @@ def _records(tmp_path, examples, dataset="synth", split="valid_u"):
 
 
 def _fake_workdir(tmp_path):
-    w = tmp_path / "w"
-    w.mkdir()
-    return w
+    return oracle_method.oracle_workdir(tmp_path / "w")
 
 
 @pytest.fixture
 def stub_model(monkeypatch):
-    """The command without a model: oracle logits (+1 on the target, -1 elsewhere)."""
-    monkeypatch.setattr(evaluate, "check_workdir", lambda w: w)
-    stub = types.SimpleNamespace(cfg=types.SimpleNamespace(initial_seg_fusion=False))
-    monkeypatch.setattr(evaluate, "load_eval_model", lambda w, **kw: (stub, None))
-    monkeypatch.setattr(virst_inference, "expression_ids", lambda tok, text: np.zeros(3, np.int32))
-
-    def infer(model, ex, ids, *, seed, chunk_size, expr_batch):
-        assert len(ids) == len(ex.expressions)
-        plan = virst_inference.VideoPlan(*(np.arange(2),) * 3)
-
-        def chunks():
-            for lo in range(0, ex.num_frames, chunk_size):
-                idx = np.arange(lo, min(ex.num_frames, lo + chunk_size))
-                if ex.has_masks:
-                    masks = np.stack([e.masks(idx) for e in ex.expressions], 1)
-                else:
-                    masks = np.zeros((len(idx), len(ids), ex.height, ex.width), bool)
-                yield idx, np.where(masks, 1.0, -1.0).astype(np.float32)
-
-        return plan, chunks()
-
-    monkeypatch.setattr(virst_inference, "infer_video", infer)
+    """The command without a model: the oracle method (one registry entry)."""
+    monkeypatch.setitem(registry.METHODS, "oracle", "oracle_method")
 
 
 # ----------------------------------------------------------------------------- fast
 def test_default_records_follow_the_quickstart_naming():
-    assert evaluate.default_records("data/synth", "valid_u").as_posix() == (
+    assert runner.default_records("data/synth", "valid_u").as_posix() == (
         "data/records/synth_valid_u"
     )
 
@@ -117,8 +98,8 @@ def test_records_scoring_equals_refvos_score(tmp_path):
     args = ["--dataset=mevis", f"--root={tmp_path}", "--split=valid_u", f"--out_dir={rec}"]
     assert convert.main([*args, "--num_workers=0"]) == 0
     want = score.score_split(tmp_path, "valid_u", pred, num_workers=0, progress=False)
-    tasks, kinds = evaluate.score_tasks(records.open_records(rec), pred, str(rec))
-    got, out = evaluate.metrics(tasks, kinds, "mevis", num_workers=0)
+    tasks, kinds = records_scoring.score_tasks(records.open_records(rec), pred, str(rec))
+    got, out = records_scoring.metrics(tasks, kinds, "mevis", num_workers=0)
     assert got.per_expression == want.per_expression
     assert (got.j, got.f) == pytest.approx((want.j, want.f), abs=1e-12)
     assert "by_kind" not in out and out["J&F"] == pytest.approx(want.jf, abs=1e-12)
@@ -128,11 +109,11 @@ def test_revos_metrics_by_kind(synth_split, tmp_path):
     root, rec = synth_split
     pred = tmp_path / "pred"
     baselines.write_baseline(root, "valid_u", pred, "union", progress=False)
-    tasks, kinds = evaluate.score_tasks(records.open_records(rec), pred, str(rec))
+    tasks, kinds = records_scoring.score_tasks(records.open_records(rec), pred, str(rec))
     keys = sorted(kinds)
     for i, k in enumerate(keys):  # pretend: a ReVOS split with all three kinds
         kinds[k] = ("referring", "reasoning", "no_target")[i % 3]
-    result, out = evaluate.metrics(tasks, kinds, "revos", num_workers=0)
+    result, out = records_scoring.metrics(tasks, kinds, "revos", num_workers=0)
     by = out["by_kind"]
     assert set(by) == {"referring", "reasoning", "no_target"}
     for kind, m in by.items():
@@ -163,7 +144,12 @@ def test_cli_with_oracle_model_scores_100(synth_split, tmp_path, stub_model, cap
     with Image.open(out / "pred" / want[0]) as im:
         assert im.mode == "L" and im.size == (64, 48)
     assert not (out / "submission.zip").exists()
-    assert json.loads((out / "eval.json").read_text())["dataset"] == "synth"
+    settings = json.loads((out / "eval.json").read_text())
+    assert (settings["dataset"], settings["method"], settings["oracle"]) == (
+        "synth",
+        "oracle",
+        True,
+    )
     assert "100.00" in capsys.readouterr().out
     # the result is also what `refvos score` computes from the raw split
     raw = score.score_split(root, "valid_u", out / "pred", num_workers=0, progress=False)
@@ -201,19 +187,32 @@ def test_mevis_submission_has_folders_at_the_root(tmp_path):
     pred = tmp_path / "pred" / "vid" / "0"
     pred.mkdir(parents=True)
     (pred / "00000.png").write_bytes(b"png")
-    assert evaluate.write_submission(tmp_path / "pred", tmp_path / "s.zip", "mevis") == 1
+    assert records_scoring.write_submission(tmp_path / "pred", tmp_path / "s.zip", "mevis") == 1
     with zipfile.ZipFile(tmp_path / "s.zip") as z:
         assert z.namelist() == ["vid/0/00000.png"]
 
 
 def test_bad_workdir_exits_2_and_writes_nothing(synth_split, tmp_path, capsys):
     _, rec = synth_split
-    w = _fake_workdir(tmp_path)
+    w = tmp_path / "w"
+    w.mkdir()
     (w / "notes.txt").write_text("not weights")
     assert evaluate.main(["--workdir", str(w), "--split", "valid_u", "--records", str(rec)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error:") and "not a VIRST weights dir" in err
+    assert err.startswith("error:") and "not a weights dir or training workdir" in err
     assert sorted(p.name for p in w.iterdir()) == ["notes.txt"]
+    # a method option the workdir's method does not take is one error too, before any output
+    o = _fake_workdir(tmp_path / "o")
+    registry.METHODS["oracle"] = "oracle_method"
+    try:
+        args = ["--workdir", str(o), "--split", "valid_u", "--records", str(rec)]
+        assert evaluate.main([*args, "--expr_batch", "2"]) == 2
+        assert evaluate.main([*args, "--option", "nope=1"]) == 2
+    finally:
+        del registry.METHODS["oracle"]
+    err = capsys.readouterr().err
+    assert "method 'oracle' takes no ['expr_batch']" in err and "takes no ['nope']" in err
+    assert not (o / "eval").exists()
 
 
 # ----------------------------------------------------------------------------- real model
@@ -270,16 +269,16 @@ def test_real_model_layout_and_metrics(real_run):
 @needs_fixture
 @pytest.mark.slow  # ~60 s: the batched pass again plus Virst.predict per expression
 def test_one_pass_equals_predict_per_expression(real_run, weights):
-    from jax_refvos.main import video_io
+    from jax_refvos import video_io
 
     ex, out = real_run
-    model, tok = evaluate.load_eval_model(weights)
+    model, tok = virst_workdir.load_weights_dir(weights)
     ids = [virst_inference.expression_ids(tok, e.text) for e in ex.expressions]
     plan, chunks = virst_inference.infer_video(model, ex, ids, seed=42, chunk_size=3)
     got = np.zeros((ex.num_frames, len(ids), ex.height, ex.width), np.float32)
     for index, logits in chunks:
         got[index] = logits
-    video = virst_inference.RecordVideo(ex)
+    video = video_io.RecordVideo(ex)
     size = model.cfg.sam2.image_size
     vlm, stf = video_io.views(video, plan.vlm_frames, plan.sam_frames, size)
     for j, e in enumerate(ex.expressions):

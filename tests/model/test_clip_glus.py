@@ -12,10 +12,10 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jax_refvos import sharding
-from jax_refvos.convert import clip as clip_convert
-from jax_refvos.convert.hf import CheckpointError
-from jax_refvos.convert.torch_names import torch_key_map
 from jax_refvos.model.backbone import clip_preprocess, clip_vit, glus_projector
+from jax_refvos.weights import clip as clip_convert
+from jax_refvos.weights.hf import CheckpointError
+from jax_refvos.weights.torch_names import torch_key_map
 
 # Distinct sizes so a wrong axis cannot broadcast: width 24, 3 heads, MLP 40, 4 x 4 patches.
 TINY = clip_vit.ClipVisionConfig(

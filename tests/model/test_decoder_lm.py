@@ -12,12 +12,12 @@ import pytest
 from flax import nnx
 
 from jax_refvos import sharding
-from jax_refvos.convert import hf
-from jax_refvos.convert.torch_names import WeightMismatchError
 from jax_refvos.model.backbone import generate, lm_config
 from jax_refvos.model.backbone.decoder_lm import DecoderLM
 from jax_refvos.model.backbone.kv_cache import KVCache
 from jax_refvos.model.backbone.lm_config import DecoderConfig
+from jax_refvos.weights import hf
+from jax_refvos.weights.torch_names import WeightMismatchError
 
 TOL = 1e-5  # f32, same math in another order
 
@@ -349,7 +349,7 @@ def test_loader_errors_name_the_file(tmp_path):
 def test_truncated_safetensors_is_a_checkpoint_error_naming_the_file(tmp_path):
     from safetensors.numpy import save_file
 
-    from jax_refvos.convert import hf
+    from jax_refvos.weights import hf
 
     f = tmp_path / "model.safetensors"
     save_file({"w": np.ones((4, 8), np.float32)}, str(f))

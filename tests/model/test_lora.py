@@ -8,8 +8,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jax_refvos import sharding
-from jax_refvos.convert import torch_names
 from jax_refvos.model.backbone import lora
+from jax_refvos.weights import torch_names
 
 D, Q, KV, F = 12, 8, 4, 20  # distinct widths so a wrong axis cannot broadcast
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_refvos.convert.torch_names import torch_key_map
 from jax_refvos.model.sam2 import config
 from jax_refvos.model.sam2.config import HieraConfig, NeckConfig
 from jax_refvos.model.sam2.hiera import (
@@ -18,6 +17,7 @@ from jax_refvos.model.sam2.hiera import (
 )
 from jax_refvos.model.sam2.image_encoder import ImageEncoder, ImageEncoderOutput
 from jax_refvos.model.sam2.position import sine_pe_2d
+from jax_refvos.weights.torch_names import torch_key_map
 
 # Trunk parameter counts of the torch `Hiera` built with each sam2.1 yaml's trunk arguments
 # (sum of p.numel(), sam2 1.1.0, measured once; tests/parity checks the tiny one against torch).

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_refvos.convert.torch_names import export_torch_state
 from jax_refvos.model.sam2.config import MaskDecoderConfig
 from jax_refvos.model.sam2.mask_decoder import (
     ConvTranspose2x2,
@@ -17,6 +16,7 @@ from jax_refvos.model.sam2.mask_decoder import (
     stability_scores,
 )
 from jax_refvos.model.sam2.prompt_encoder import PromptEncoder
+from jax_refvos.weights.torch_names import export_torch_state
 
 # Small, distinct dims: d=32 (8 heads of 2 after downsampling), b=3, grid 5x7.
 D, B, H, W = 32, 3, 5, 7

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_refvos.convert.torch_names import torch_key_map
 from jax_refvos.model.sam2.config import MemoryAttentionConfig, MemoryEncoderConfig
 from jax_refvos.model.sam2.memory_attention import MemoryAttention
 from jax_refvos.model.sam2.memory_encoder import MemoryEncoder
 from jax_refvos.model.sam2.position import sine_pe_2d
 from jax_refvos.model.sam2.rope import RoPEAttention, apply_rope, rope_tables
+from jax_refvos.weights.torch_names import torch_key_map
 
 # Distinct dims (R11); the token grid must be square (side 7), the head dim a multiple of 4.
 B, SIDE, D, E, HEADS, PTR = 3, 7, 32, 12, 2, 4
@@ -128,7 +128,9 @@ def test_memory_attention_shapes_jit_and_torch_names():
     got = _apply(model, curr, curr_pos, mem, mem_pos, jnp.ones(mem.shape[:2], bool))
     assert got.shape == (B, S, D)
     assert np.std(np.asarray(got)) > 0.5  # final LayerNorm output, non-trivial
-    np.testing.assert_allclose(got, _apply(model, curr, curr_pos, mem, mem_pos), atol=1e-6)
+    # An all-True mask and no mask are two programs (the masked one adds a `where` before the
+    # softmax); XLA may fuse them differently: 1.5e-6 measured on a 2-core EPYC, values ~1.
+    np.testing.assert_allclose(got, _apply(model, curr, curr_pos, mem, mem_pos), atol=1e-5)
     keys = set(torch_key_map(model))
     assert "layers.1.cross_attn_image.k_proj.weight" in keys
     assert {"norm.weight", "norm.bias", "layers.0.norm3.weight", "layers.0.linear2.bias"} <= keys

@@ -16,10 +16,10 @@ import pytest
 from flax import nnx
 from shared_paths import VIRST_FIXTURE
 
-from jax_refvos.convert import videochat_flash
-from jax_refvos.convert.torch_names import WeightMismatchError
 from jax_refvos.errors import InputError
 from jax_refvos.model.backbone import tome, umt
+from jax_refvos.weights import videochat_flash
+from jax_refvos.weights.torch_names import WeightMismatchError
 
 FIXTURE = VIRST_FIXTURE
 needs_fixture = pytest.mark.skipif(not FIXTURE.exists(), reason="shared VIRST fixture not present")

@@ -19,10 +19,10 @@ transformers = pytest.importorskip("transformers")
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jax_refvos.convert import clip as clip_convert  # noqa: E402
-from jax_refvos.convert.hf import CheckpointError  # noqa: E402
-from jax_refvos.convert.torch_names import WeightMismatchError, load_torch_state  # noqa: E402
 from jax_refvos.model.backbone import clip_preprocess, clip_vit, glus_projector  # noqa: E402
+from jax_refvos.weights import clip as clip_convert  # noqa: E402
+from jax_refvos.weights.hf import CheckpointError  # noqa: E402
+from jax_refvos.weights.torch_names import WeightMismatchError, load_torch_state  # noqa: E402
 
 REL = 1e-4
 TINY = dict(

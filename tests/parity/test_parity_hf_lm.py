@@ -1,4 +1,4 @@
-"""Parity of `convert.hf.load_causal_lm` + `DecoderLM` with transformers' PyTorch
+"""Parity of `weights.hf.load_causal_lm` + `DecoderLM` with transformers' PyTorch
 Qwen2ForCausalLM / LlamaForCausalLM (5.23, CPU, eager attention).
 
 Tiny random models (hidden 64, 2 layers, 4 heads, 2 kv heads, vocab 256) with every norm weight
@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 import jax.numpy as jnp  # noqa: E402
 
-from jax_refvos.convert import hf  # noqa: E402
+from jax_refvos.weights import hf  # noqa: E402
 
 pytestmark = pytest.mark.parity
 

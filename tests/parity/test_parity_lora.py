@@ -17,8 +17,9 @@ torch = pytest.importorskip("torch")
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jax_refvos.convert.torch_names import WeightMismatchError, load_torch_state  # noqa: E402
 from jax_refvos.model.backbone import lora  # noqa: E402
+from jax_refvos.weights import peft  # noqa: E402
+from jax_refvos.weights.torch_names import WeightMismatchError, load_torch_state  # noqa: E402
 
 pytestmark = pytest.mark.parity
 
@@ -153,7 +154,7 @@ def test_forward_and_merge_match_peft_layout(name):
     state = _state(ref)
     assert "base_model.model.layers.0.self_attn.q_proj.lora_A.default.weight" in state
     model = _ours(cfg)
-    load_torch_state(model, lora.peft_to_ours(state))
+    load_torch_state(model, peft.peft_to_ours(state))
     x = np.random.default_rng(0).normal(size=(2, 5, D)).astype(np.float32)
     with torch.no_grad():
         want = ref.base_model.model(torch.from_numpy(x)).numpy()
@@ -175,7 +176,7 @@ def test_old_peft_layout_and_adapter_only_file():
     old = {k.replace(".base_layer.", "."): v for k, v in _state(ref).items()}
     assert "base_model.model.layers.0.self_attn.q_proj.weight" in old
     model = _ours(GLUS)
-    load_torch_state(model, lora.peft_to_ours(old))
+    load_torch_state(model, peft.peft_to_ours(old))
     assert _rel(model(x), want) <= TOL
     # Usual flow: HF base checkpoint into the plain model, then adapters, then
     # adapter_model.safetensors (LoRA tensors only, no adapter name).
@@ -185,19 +186,19 @@ def test_old_peft_layout_and_adapter_only_file():
         model, {k.removeprefix("base_model.model."): v for k, v in old.items() if ".lora_" not in k}
     )
     lora.apply_lora(model, GLUS, rngs=nnx.Rngs(1))
-    lora.load_peft_adapter(model, adapter)
+    peft.load_peft_adapter(model, adapter)
     assert _rel(model(x), want) <= TOL
     with pytest.raises(WeightMismatchError, match="missing keys"):
-        lora.load_peft_adapter(model, dict(list(adapter.items())[1:]))
+        peft.load_peft_adapter(model, dict(list(adapter.items())[1:]))
 
 
 def test_unmappable_peft_keys_are_errors():
     key = "base_model.model.layers.0.self_attn.q_proj"
     with pytest.raises(lora.LoraError, match="cannot map"):
-        lora.peft_to_ours({f"{key}.lora_A.other.weight": np.zeros((2, D))})
+        peft.peft_to_ours({f"{key}.lora_A.other.weight": np.zeros((2, D))})
     with pytest.raises(lora.LoraError, match="cannot map"):
-        lora.peft_to_ours({f"{key}.lora_magnitude_vector.default.weight": np.zeros(Q)})
-    got = lora.peft_to_ours({f"{key}.lora_A.other.weight": np.zeros(1)}, adapter_name="other")
+        peft.peft_to_ours({f"{key}.lora_magnitude_vector.default.weight": np.zeros(Q)})
+    got = peft.peft_to_ours({f"{key}.lora_A.other.weight": np.zeros(1)}, adapter_name="other")
     assert list(got) == ["layers.0.self_attn.q_proj.lora_A.weight"]
 
 

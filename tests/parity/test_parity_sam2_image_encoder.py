@@ -11,9 +11,9 @@ import jax.numpy as jnp  # noqa: E402
 import sam2_reference  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jax_refvos.convert.torch_names import load_torch_state  # noqa: E402
 from jax_refvos.model.sam2 import config  # noqa: E402
 from jax_refvos.model.sam2.image_encoder import ImageEncoder  # noqa: E402
+from jax_refvos.weights.torch_names import load_torch_state  # noqa: E402
 
 # Float32 on CPU. 12-24 pre-norm blocks of f32 matmuls and softmaxes accumulate rounding: the
 # deepest outputs (stride 16, |x| up to ~8) differ from torch by up to 1.5e-5 absolute, at most

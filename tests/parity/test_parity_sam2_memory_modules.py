@@ -17,10 +17,10 @@ import jax.numpy as jnp  # noqa: E402
 import sam2_reference  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jax_refvos.convert.torch_names import load_torch_state  # noqa: E402
 from jax_refvos.model.sam2 import config as sam2_config  # noqa: E402
 from jax_refvos.model.sam2.memory_attention import MemoryAttention  # noqa: E402
 from jax_refvos.model.sam2.memory_encoder import MemoryEncoder  # noqa: E402
+from jax_refvos.weights.torch_names import load_torch_state  # noqa: E402
 
 pytestmark = pytest.mark.parity
 

@@ -15,10 +15,10 @@ import jax.numpy as jnp  # noqa: E402
 import sam2_reference as ref_lib  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jax_refvos.convert.torch_names import load_torch_state  # noqa: E402
 from jax_refvos.model.sam2.config import from_name  # noqa: E402
 from jax_refvos.model.sam2.mask_decoder import MaskDecoder, stability_scores  # noqa: E402
 from jax_refvos.model.sam2.prompt_encoder import PromptEncoder  # noqa: E402
+from jax_refvos.weights.torch_names import load_torch_state  # noqa: E402
 
 pytestmark = pytest.mark.parity
 

@@ -20,9 +20,9 @@ pytest.importorskip("sam2")
 import sam2_reference  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from jax_refvos.convert.sam2_torch import abstract_sam2  # noqa: E402
-from jax_refvos.convert.torch_names import load_torch_state  # noqa: E402
 from jax_refvos.model.sam2.video_predictor import Sam2VideoPredictor  # noqa: E402
+from jax_refvos.weights.sam2_torch import abstract_sam2  # noqa: E402
+from jax_refvos.weights.torch_names import load_torch_state  # noqa: E402
 
 pytestmark = pytest.mark.parity
 

@@ -29,8 +29,9 @@ import virst_fixture_inputs as vfi
 from flax import nnx
 from virst_fixture_inputs import rel_err
 
-from jax_refvos.model import anchor_updater as au
-from jax_refvos.model import virst, virst_train
+from jax_refvos.methods.virst import anchor_updater as au
+from jax_refvos.methods.virst import model as virst
+from jax_refvos.methods.virst import train_forward as virst_train
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 

@@ -1,16 +1,16 @@
 """Prompt templates, [SEG] slots, target masking and tokeniser ids."""
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_paths import QWEN2_TOKENIZER
 
 from jax_refvos.pipeline import prompts
 from jax_refvos.pipeline.config import SYNTH_TOKENIZER
 from jax_refvos.pipeline.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX, load_tokenizer
 
-QWEN2 = Path("/work/shared/tokenizers/videochat_flash_qwen2")
+QWEN2 = QWEN2_TOKENIZER
 SEG10 = ", ".join(f"({i}) [SEG]" for i in range(10))
 
 

@@ -44,11 +44,12 @@ def _env(tmp_path: Path) -> dict:
 
 def _restore_every_checkpoint(workdir: Path) -> list[int]:
     """Every committed step restores (no checkpoint is half-written)."""
-    from jax_refvos.training import virst_loop
+    from jax_refvos.training import loop
 
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     for step in steps:
-        virst_loop.load_trained(workdir, step=step)
+        _, state = loop.restore_checkpoint(workdir, step=step)
+        assert int(state["step"]) == step
     return steps
 
 

@@ -11,7 +11,7 @@ import pytest
 from train_runs import REPO, losses, train_cmd, train_env
 
 from jax_refvos.checkpoint import Checkpointer
-from jax_refvos.training import virst_loop
+from jax_refvos.training import loop
 
 
 def _config(skip: bool) -> ml_collections.ConfigDict:
@@ -20,7 +20,7 @@ def _config(skip: bool) -> ml_collections.ConfigDict:
 
 def test_finite_metrics_pass(tmp_path):
     ckpt = Checkpointer(tmp_path / "checkpoints", save_every=1)
-    virst_loop._check_finite(_config(False), 3, {"loss": 1.0, "grad_norm": 2.0}, ckpt)
+    loop._check_finite(_config(False), 3, {"loss": 1.0, "grad_norm": 2.0}, ckpt)
     ckpt.close()
 
 
@@ -28,8 +28,8 @@ def test_nan_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
     ckpt = Checkpointer(tmp_path / "checkpoints", save_every=1)
     ckpt.save(4, {"w": np.ones(3, np.float32)})
     metrics = {"loss": np.float32(np.nan), "grad_norm": np.float32(1.0)}
-    with pytest.raises(virst_loop.NonFiniteError) as e:
-        virst_loop._check_finite(_config(False), 5, metrics, ckpt)
+    with pytest.raises(loop.NonFiniteError) as e:
+        loop._check_finite(_config(False), 5, metrics, ckpt)
     ckpt.close()
     text = str(e.value)
     assert "step 5: loss nan" in text and "grad_norm" not in text.split(";")[0]
@@ -38,15 +38,15 @@ def test_nan_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
 
 def test_inf_without_any_checkpoint_says_so(tmp_path):
     ckpt = Checkpointer(tmp_path / "checkpoints", save_every=1)
-    with pytest.raises(virst_loop.NonFiniteError, match="none .nothing was saved"):
-        virst_loop._check_finite(_config(False), 1, {"loss": 1.0, "grad_norm": math.inf}, ckpt)
+    with pytest.raises(loop.NonFiniteError, match="none .nothing was saved"):
+        loop._check_finite(_config(False), 1, {"loss": 1.0, "grad_norm": math.inf}, ckpt)
     ckpt.close()
 
 
 def test_skip_mode_warns_and_goes_on(tmp_path, caplog):
     ckpt = Checkpointer(tmp_path / "checkpoints", save_every=1)
     with caplog.at_level(logging.WARNING):
-        virst_loop._check_finite(_config(True), 2, {"loss": math.nan, "grad_norm": 1.0}, ckpt)
+        loop._check_finite(_config(True), 2, {"loss": math.nan, "grad_norm": 1.0}, ckpt)
     ckpt.close()
     assert "step 2" in caplog.text and "skipped" in caplog.text
 

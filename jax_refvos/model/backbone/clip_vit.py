@@ -4,7 +4,7 @@ Port of `transformers/models/clip/modeling_clip.py::CLIPVisionModel` (transforme
 `CLIPVisionModel.vision_model` is a `CLIPVisionTransformer`). Attribute names equal the PyTorch
 state-dict keys (`vision_model.embeddings.patch_embedding.weight`,
 `vision_model.encoder.layers.3.self_attn.q_proj.weight`, ...), so
-`convert.torch_names.load_torch_state` maps weights by path; the Conv2d patch embedding
+`weights.torch_names.load_torch_state` maps weights by path; the Conv2d patch embedding
 (OIHW -> HWIO) is handled there. Batch-first, channels-last: pixels are float[b, H, W, 3].
 
 Pre-norm transformer: patch conv (no bias) + CLS + learned positions -> `pre_layrnorm` ->

@@ -2,7 +2,7 @@
 
 Port of transformers/models/llama/modeling_llama.py (LlamaForCausalLM) and
 transformers/models/qwen2/modeling_qwen2.py (Qwen2ForCausalLM, full attention only). Attribute
-paths mirror HF (`model.layers.0.self_attn.q_proj`, `lm_head`) so `convert.hf` is a rename;
+paths mirror HF (`model.layers.0.self_attn.q_proj`, `lm_head`) so `weights.hf` is a rename;
 q/k/v/o and gate/up/down are plain `nnx.Linear`s so LoRA can wrap them by path (loop layout only:
 with `cfg.scan_layers` the layers are one stacked module run by `lax.scan`).
 """

@@ -19,10 +19,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from jax_refvos import sharding
-from jax_refvos.model.backbone.clip_vit import (
-    ClipVisionConfig,
-    ClipVisionModel,
-)
+from jax_refvos.model.backbone.clip_vit import ClipVisionConfig, ClipVisionModel
 
 GLUS_POOL = 4
 GLUS_SELECT_LAYER = -2

@@ -12,10 +12,11 @@ Follows peft/tuners/lora/layer.py::Linear (peft >= 0.7) as VIRST and GLUS/LISA u
 
 Usage: build the model, then `apply_lora(model, cfg, rngs=rngs)` (before or after
 `sharding.place_state`: adapters carry logical axes derived from their base kernel); train
-`nnx.split(model, LoraParam, ...)`; export with `strip_lora(model)`. Weights:
-`load_torch_state(model, peft_to_ours(peft_state_dict))`, or `load_peft_adapter(model,
-adapter_state)` for an adapter-only file on top of loaded base weights. Stacked layers
-(`scan_layers`, kernels [layers, in, out]) get stacked adapters [layers, in, r], [layers, r, out].
+`nnx.split(model, LoraParam, ...)`; export with `strip_lora(model)`. peft state dicts load
+through `weights/peft.py` (`load_torch_state(model, peft_to_ours(peft_state_dict))`, or
+`load_peft_adapter(model, adapter_state)` for an adapter-only file on top of loaded base
+weights). Stacked layers (`scan_layers`, kernels [layers, in, out]) get stacked adapters
+[layers, in, r], [layers, r, out].
 
 Why not `nnx.LoRA` / `nnx.LoRALinear`: their attribute names (`lora_a`/`lora_b` raw arrays,
 `base_module`) do not mirror peft's `base_layer` / `lora_A.default.weight`, they have no
@@ -26,17 +27,14 @@ Linear rather than wrapped around an existing (already loaded, already sharded) 
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float
 
-from jax_refvos.convert import torch_names
 from jax_refvos.errors import InputError
 
 QWEN2_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -325,96 +323,3 @@ def strip_lora(model: nnx.Module) -> list[str]:
 def split_lora(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
     """(graphdef, LoRA weights, everything else): differentiate only the middle one."""
     return nnx.split(model, LoraParam, ...)
-
-
-_ADAPTER_KEY = re.compile(r"^(.*)\.(lora_A|lora_B)\.(?:([^.]+)\.)?weight$")
-
-
-def peft_to_ours(
-    state: Mapping[str, np.ndarray],
-    *,
-    prefix: str = "base_model.model.",
-    adapter_name: str = "default",
-) -> dict[str, np.ndarray]:
-    """Rename a peft LoRA state dict to our torch-style keys (for `load_torch_state`).
-
-    - strips `prefix` (peft's `PeftModel` wrapper) from keys that have it;
-    - `X.lora_A.default.weight` -> `X.lora_A.weight` (also accepts the adapter-file form
-      `X.lora_A.weight`); another adapter name is an error;
-    - the peft < 0.7 layout (base weight at `X.weight`, next to `X.lora_A...`) becomes
-      `X.base_layer.weight` / `X.base_layer.bias`.
-
-    Raises:
-        LoraError: keys of another adapter, or LoRA variants we do not implement (DoRA,
-        LoRA on embeddings or convs).
-    """
-    out: dict[str, np.ndarray] = {}
-    wrapped: set[str] = set()
-    bad = []
-    for key, value in state.items():
-        key = key.removeprefix(prefix)
-        m = _ADAPTER_KEY.match(key)
-        if m:
-            module, which, name = m.groups()
-            if name not in (None, adapter_name):
-                bad.append(key)
-                continue
-            out[f"{module}.{which}.weight"] = value
-            wrapped.add(module)
-        elif re.search(r"(^|\.)lora_", key):
-            bad.append(key)
-        else:
-            out[key] = value
-    if bad:
-        raise LoraError(
-            f"lora.py: peft keys we cannot map (adapter other than {adapter_name!r}, or an "
-            f"unsupported LoRA variant): {', '.join(sorted(bad))}"
-        )
-    for module in wrapped:
-        if f"{module}.base_layer.weight" in out:
-            continue
-        for leaf in ("weight", "bias"):
-            if f"{module}.{leaf}" in out:
-                out[f"{module}.base_layer.{leaf}"] = out.pop(f"{module}.{leaf}")
-    return out
-
-
-def load_peft_adapter(
-    model: nnx.Module, state: Mapping[str, np.ndarray], *, source: str = "adapter", **kwargs
-) -> None:
-    """Load only the LoRA weights of a peft state dict (e.g. `adapter_model.safetensors`).
-
-    Every `LoraParam` must get a tensor; base weights in `state` are ignored. `kwargs` go to
-    `peft_to_ours`.
-
-    Raises:
-        torch_names.WeightMismatchError: missing, unexpected or mis-shaped LoRA tensors.
-    """
-    given = {k: v for k, v in peft_to_ours(state, **kwargs).items() if ".lora_" in k}
-    targets = {
-        k: (var, fn)
-        for k, (var, fn) in torch_names.torch_key_map(model).items()
-        if isinstance(var, LoraParam)
-    }
-    problems = []
-    if missing := sorted(set(targets) - set(given)):
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-    if unexpected := sorted(set(given) - set(targets)):
-        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-    values = {}
-    for key in sorted(set(targets) & set(given)):
-        var, fn = targets[key]
-        values[key] = fn(np.asarray(given[key]))
-        if values[key].shape != var.get_value().shape:
-            problems.append(f"{key}: shape {values[key].shape}, model {var.get_value().shape}")
-    if problems:
-        raise torch_names.WeightMismatchError(
-            f"{source}: LoRA weights do not fit; " + "; ".join(problems)
-        )
-    for key, value in values.items():
-        var = targets[key][0]
-        old = var.get_value()
-        new = jnp.asarray(value, dtype=old.dtype)
-        if isinstance(getattr(old, "sharding", None), NamedSharding):
-            new = jax.device_put(new, old.sharding)
-        var.set_value(new)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from jax_refvos.pipeline.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from jax_refvos.token_ids import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 
 @flax.struct.dataclass
@@ -111,6 +111,19 @@ def splice_visual_tokens(
         labels=out_labels,
         text_to_out=text_to_out,
     )
+
+
+def seg_token_index(
+    input_ids: Int[Array, "b l"], seg_token_id: int, count: int
+) -> Int[Array, "b q"]:
+    """Text indices of the first `count` `seg_token_id` ids of each row, in order (q = count).
+
+    The `[SEG]` read-out shared by the methods: `gather_tokens(hidden, text_to_out,
+    seg_token_index(...))` gives the LLM states at (VIRST) or before (GLUS, `offset=-1`) them.
+    Rows with fewer than `count` such ids get other positions after them (mask those rows).
+    """
+    not_seg = (input_ids != seg_token_id).astype(jnp.int32)
+    return jnp.argsort(not_seg, axis=1, stable=True)[:, :count]
 
 
 def gather_tokens(

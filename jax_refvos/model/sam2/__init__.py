@@ -1,7 +1,9 @@
 """SAM 2 / SAM 2.1 in Flax NNX (batch-first, channels-last), verified against `sam2` 1.1.0.
 
-from jax_refvos.model import sam2
-predictor = sam2.Sam2VideoPredictor.from_checkpoint("sam2.1_hiera_tiny.pt", "sam2.1_hiera_t")
+    from jax_refvos.weights import sam2_torch
+    predictor = sam2_torch.load_video_predictor("sam2.1_hiera_tiny.pt", "sam2.1_hiera_t")
+
+(`weights/sam2_torch.py` reads the official `.pt`; this package knows no checkpoint format.)
 """
 
 from jax_refvos.model.sam2.config import PRESETS, Sam2Config, from_name

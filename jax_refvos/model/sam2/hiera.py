@@ -3,7 +3,7 @@
 Port of `sam2/modeling/backbones/hieradet.py` (`Hiera`, `MultiScaleBlock`, `MultiScaleAttention`,
 `do_pool`) and `sam2/modeling/backbones/utils.py` (`PatchEmbed`, `window_partition`,
 `window_unpartition`) (sam2 1.1.0). Attribute names equal the PyTorch ones, so
-`convert.torch_names.load_torch_state` maps `blocks.3.attn.qkv.weight` and friends by path.
+`weights.torch_names.load_torch_state` maps `blocks.3.attn.qkv.weight` and friends by path.
 """
 
 import functools

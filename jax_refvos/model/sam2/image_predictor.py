@@ -28,12 +28,6 @@ class Sam2ImagePredictor:
         self._features = None
         self._orig_hw = None
 
-    @classmethod
-    def from_checkpoint(cls, path, model_cfg="sam2.1_hiera_t", image_size=None, **kwargs):
-        from jax_refvos.convert.sam2_torch import load_sam2
-
-        return cls(load_sam2(path, model_cfg, image_size=image_size), **kwargs)
-
     @functools.partial(jax.jit, static_argnums=0)
     def _encode(self, params, image):
         model = nnx.merge(self._graphdef, params)

@@ -1,7 +1,7 @@
 """Small layers shared by the SAM2 modules: buffers, `MLP`, `LayerNorm2d` (channels-last).
 
 Ports of `sam2/modeling/sam2_utils.py::{MLP, LayerNorm2d}` (sam2 1.1.0). Attribute names equal
-the PyTorch ones so `convert/sam2_torch.py` maps weights by path.
+the PyTorch ones so `weights/sam2_torch.py` maps weights by path.
 """
 
 import math

@@ -3,7 +3,7 @@
 Port of `sam2/modeling/sam/mask_decoder.py::MaskDecoder` (sam2 1.1.0), with the
 `TwoWayTransformer` that `SAM2Base._build_sam_heads` builds for it. Batch-first, channels-last:
 image maps are [b, h, w, d]; masks are [b, q, 4h, 4w] (q mask outputs). Attribute names equal
-the PyTorch ones so `convert.torch_names.load_torch_state` maps weights by path.
+the PyTorch ones so `weights.torch_names.load_torch_state` maps weights by path.
 
 Nothing here assumes point prompts: `sparse_prompt_embeddings` may be any [b, p, d] tokens
 (point/box embeddings from `PromptEncoder`, or learned VIRST/GLUS prompt tokens).

@@ -3,7 +3,7 @@
 Port of `sam2/modeling/memory_encoder.py::{MaskDownSampler, CXBlock, Fuser, MemoryEncoder}`
 (sam2 1.1.0), channels-last: feature maps are [b, h, w, c], masks [b, H, W, 1] with
 H = total_stride * h. Attribute names and `nn.Sequential` indices equal the PyTorch ones
-(`mask_downsampler.encoder.3` is the second conv), so `convert/torch_names.load_torch_state` maps
+(`mask_downsampler.encoder.3` is the second conv), so `weights/torch_names.load_torch_state` maps
 the weights mechanically.
 """
 

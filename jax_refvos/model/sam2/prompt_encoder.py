@@ -4,7 +4,7 @@ Port of `sam2/modeling/sam/prompt_encoder.py::PromptEncoder` and
 `sam2/modeling/position_encoding.py::PositionEmbeddingRandom` (sam2 1.1.0). Batch-first,
 channels-last: dense outputs are [b, h, w, d] instead of torch's [b, d, h, w]. Attribute names
 equal the PyTorch ones (`pe_layer.positional_encoding_gaussian_matrix`, `point_embeddings.0`,
-`mask_downscaling.3`, ...) so `convert.torch_names.load_torch_state` maps weights by path.
+`mask_downscaling.3`, ...) so `weights.torch_names.load_torch_state` maps weights by path.
 
 Learned prompt tokens (VIRST/GLUS) do not go through this module: the caller passes them to
 `MaskDecoder` as `sparse_prompt_embeddings` directly.

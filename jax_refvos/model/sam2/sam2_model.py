@@ -3,7 +3,7 @@
 Port of `sam2/modeling/sam2_base.py::SAM2Base` (sam2 1.1.0) in eval mode. The frame loop and the
 memory dicts live elsewhere (`memory_bank.py`, `propagation.py`); this module holds the parameters
 and the per-frame math. Attribute names equal the torch ones, so the official state dict loads by
-path (`convert/sam2_torch.py`). Maps are NHWC; masks are [b, m, h, w] (m = candidate masks).
+path (`weights/sam2_torch.py`). Maps are NHWC; masks are [b, m, h, w] (m = candidate masks).
 """
 
 import einops

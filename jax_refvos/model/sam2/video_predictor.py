@@ -73,15 +73,6 @@ class Sam2VideoPredictor:
     def image_size(self) -> int:
         return self.model.cfg.image_size
 
-    @classmethod
-    def from_checkpoint(
-        cls, path, model_cfg: str = "sam2.1_hiera_t", image_size: int | None = None, **kwargs
-    ) -> "Sam2VideoPredictor":
-        """Build `model_cfg` (at `image_size` if given) with the weights of an official `.pt`."""
-        from jax_refvos.convert.sam2_torch import load_sam2
-
-        return cls(load_sam2(path, model_cfg, image_size=image_size), **kwargs)
-
     # ------------------------------------------------------------------ jitted pieces
     def _merge(self, params):
         return nnx.merge(self._graphdef, params)

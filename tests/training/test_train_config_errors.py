@@ -1,0 +1,60 @@
+"""`refvos train` with a bad config: one `error:` line naming the problem, exit status 2, no
+traceback, and nothing written (the workdir is not even created)."""
+
+import pytest
+
+from jax_refvos.main import train
+
+CONFIG = "configs/virst.py"
+BAD_SECTION = """
+from configs_virst import get_config as base
+
+
+def get_config(arg=None):
+    c = base(arg)
+    c.unlock()
+    c.no_such_section = {"x": 1}
+    return c
+"""
+
+
+@pytest.mark.parametrize(
+    "arg, says",
+    [
+        ("variant=huge", "unknown variant 'huge'"),
+        ("mesh=2x2", "mesh must be data x fsdp x model"),
+        ("no_such_key=1", "config arg 'no_such_key' is unknown"),
+        ("mesh=2x2x4", "needs 16 devices"),  # the tests run on 8 fake devices
+        ("mesh=1x3x1", "does not divide over data x fsdp = 3"),
+        ("variant=7b", "data.train_records is empty: pass records=DIR"),
+        ("variant=7b,records=/nonexistent/records", "no manifest"),
+        ("variant=tiny,init=/nonexistent/weights", "/nonexistent/weights"),
+        ("steps=0", "steps must be >= 1"),
+        ("vlm_frames=6", "not a multiple of 4"),
+        ("batch=0", "must be >= 1"),
+    ],
+)
+def test_bad_config_is_one_error_line_and_writes_nothing(arg, says, tmp_path, capsys):
+    work = tmp_path / "run"
+    assert train.main(["--config", f"{CONFIG}:{arg}", "--workdir", str(work)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert says in err and "Traceback" not in err
+    assert not work.exists()
+
+
+def test_unknown_config_key_is_one_error_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("configs_virst", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "configs_virst", module)
+    path = tmp_path / "bad.py"
+    path.write_text(BAD_SECTION)
+    work = tmp_path / "run"
+    assert train.main(["--config", f"{path}:variant=tiny", "--workdir", str(work)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "unknown key 'no_such_section'" in err, err
+    assert len(err.splitlines()) == 1 and not work.exists()
