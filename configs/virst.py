@@ -91,7 +91,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.synth_root = f"{arg.data_dir}/synth" if tiny and not arg.records else ""
     c.data.train_records = arg.records or (f"{arg.data_dir}/records/synth_train" if tiny else "")
-    c.data.tokenizer_dir = "" if tiny else "tokenizer"  # "" = the synthetic tokenizer
+    # "" = init's own tokenizer, without init the synthetic one; relative = inside init
+    c.data.tokenizer_dir = "" if tiny else "tokenizer"
     c.data.batch_size = arg.batch if arg.batch != -1 else (2 if tiny else 1)
     c.data.vlm_frames = arg.vlm_frames if arg.vlm_frames != -1 else (8 if tiny else 64)
     c.data.sam_frames = arg.sam_frames if arg.sam_frames != -1 else (8 if tiny else 32)

@@ -1,12 +1,11 @@
-"""Video input and output of `refvos predict`: frames read lazily, logits and overlays streamed.
+"""Video input and output: frames read lazily, logits and overlays streamed.
 
 `Video` reads a folder of JPEG frames (sorted by name, numerically when every name is a number)
 or a video file through PyAV (optional extra `video`), decoding only the frames asked for
-(`RecordVideo`: a record video's frames, the same way);
-`views` builds VIRST's VLM (448 px, PIL bicubic) and ST-Fusion (1024 px, PIL bilinear) views of
-the sampled frames, `prop_loader` the propagation frames (PIL default resize) chunk by chunk
-(fixture README "Dataset path"). `LogitsFile` and `write_overlay` write the outputs without
-holding the video in memory.
+(`RecordVideo`: a record video's frames, the same way); `prop_loader` gives SAM 2's
+propagation frames (PIL default resize) chunk by chunk (fixture README "Dataset path"); a
+method's own views of its sampled frames are the method's (VIRST: `methods/virst/views.py`).
+`LogitsFile` and `write_overlay` write the outputs without holding the video in memory.
 """
 
 import contextlib
@@ -20,9 +19,6 @@ from PIL import Image, UnidentifiedImageError
 
 from jax_refvos.errors import InputError
 
-VLM_SIZE = 448  # the UMT tower's input size (the fixture's VLM view)
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 GIF_MAX_SIDE, MP4_MAX_SIDE = 320, 640
 FOLDER_FPS = Fraction(20, 3)  # JPEG folders: 150 ms a frame
@@ -177,33 +173,6 @@ class Video:
         if self._container is not None:
             self._container.close()
         self._container = self._decoder = None
-
-
-def views(
-    video: Video,
-    vlm_idx: np.ndarray,
-    sam_idx: np.ndarray,
-    sam_size: int,
-    vlm_size: int = VLM_SIZE,
-):
-    """VLM float32[tv, V, V, 3] (V = `vlm_size`, the UMT input; bicubic, ImageNet-normalised,
-    bf16-rounded) and STF float32[ts, S, S, 3] (bilinear, normalised, bf16-rounded) views of the
-    sampled frames, as `tests/model/test_virst_end_to_end_fixture.py`; only those frames are
-    decoded."""
-    import jax.numpy as jnp
-
-    def prep(x: np.ndarray) -> np.ndarray:
-        return ((x - IMAGENET_MEAN) / IMAGENET_STD).astype(jnp.bfloat16).astype(np.float32)
-
-    vlm = np.empty((len(vlm_idx), vlm_size, vlm_size, 3), np.float32)
-    stf = np.empty((len(sam_idx), sam_size, sam_size, 3), np.float32)
-    for i, im in video.images(vlm_idx):
-        small = np.asarray(im.resize((vlm_size,) * 2, Image.Resampling.BICUBIC))
-        vlm[vlm_idx == i] = prep((small.astype(np.float64) * (1 / 255)).astype(np.float32))
-        if i in sam_idx:
-            big = np.asarray(im.resize((sam_size,) * 2, Image.Resampling.BILINEAR))
-            stf[sam_idx == i] = prep(big.astype(np.float32) / 255)
-    return vlm, stf
 
 
 def prop_loader(video: Video, sam_size: int):

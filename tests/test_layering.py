@@ -1,9 +1,12 @@
 """The house rules of docs/architecture.md, checked over the package's imports (every `import` /
 `from ... import` statement, also those inside functions):
 
-- the trainer (`training/`) and the evaluator (`eval/`) import no method: of `methods/` only the
-  registry and the protocol;
-- the building blocks (`model/`, `losses/`, `weights/`) import no method, no pipeline, no CLI;
+- the trainer (`training/`), the evaluator (`eval/`) and the CLI (`main/`) import no method: of
+  `methods/` only the registry and the protocol, not even through other modules;
+- the building blocks (`model/`, `losses/`, `weights/`) import no method, no pipeline, no trainer,
+  no evaluator, no CLI, directly or through other modules; nor does `video_io.py`;
+- the pipeline imports no model, method, trainer, evaluator or CLI;
+- a method imports no other method, nor the trainer's loop, the evaluator's runner or the CLI;
 - the core (errors, files, config, sharding, checkpoints, ...) imports nothing but the core;
 - datasets import no model and no method; nothing outside `main/` imports the CLI package;
 - no import cycles between modules.
@@ -77,14 +80,26 @@ def _in(module: str, *packages: str) -> bool:
     return any(module == p or module.startswith(p + ".") for p in packages)
 
 
-def _violations(sources, forbidden, allowed=()) -> list[str]:
-    return sorted(
-        f"{m} -> {t}"
-        for m in GRAPH
-        if _in(m, *sources)
-        for t in GRAPH[m]
-        if _in(t, *forbidden) and t not in allowed
-    )
+def reachable(graph: dict[str, set[str]], start: str, stop=frozenset()) -> set[str]:
+    """Every module `start` imports, directly or through others (not through `stop`)."""
+    seen, todo = set(), [start]
+    while todo:
+        for t in graph.get(todo.pop(), ()):
+            if t not in seen:
+                seen.add(t)
+                if t not in stop:
+                    todo.append(t)
+    return seen
+
+
+def _violations(sources, forbidden, allowed=(), *, transitive=False) -> list[str]:
+    modules = [m for m in GRAPH if _in(m, *sources)]
+    assert modules, f"no module in {sources}: the rule would pass vacuously"
+    out = set()
+    for m in modules:
+        targets = reachable(GRAPH, m, frozenset(allowed)) if transitive else GRAPH[m]
+        out |= {f"{m} -> {t}" for t in targets if _in(t, *forbidden) and t not in allowed}
+    return sorted(out)
 
 
 def test_the_graph_sees_the_package():
@@ -93,21 +108,42 @@ def test_the_graph_sees_the_package():
     assert f"{PKG}.methods.virst.model" in GRAPH[f"{PKG}.methods.virst.train_setup"]
 
 
-def test_trainer_and_evaluator_import_no_method():
-    bad = _violations([f"{PKG}.training", f"{PKG}.eval"], [f"{PKG}.methods"], allowed=METHOD_DOORS)
+@pytest.mark.parametrize("layer", ["training", "eval", "main"])
+def test_trainer_evaluator_and_cli_import_no_method(layer):
+    """Not directly, not through other modules (the registry imports methods by name only)."""
+    bad = _violations([f"{PKG}.{layer}"], [f"{PKG}.methods"], allowed=METHOD_DOORS, transitive=True)
     assert not bad, bad
 
 
-@pytest.mark.parametrize("block", ["model", "losses", "weights"])
+@pytest.mark.parametrize("block", ["model", "losses", "weights", "video_io"])
 def test_building_blocks_import_no_method_pipeline_or_cli(block):
     bad = _violations(
         [f"{PKG}.{block}"],
         [f"{PKG}.methods", f"{PKG}.pipeline", f"{PKG}.main", f"{PKG}.training", f"{PKG}.eval"],
+        transitive=True,
     )
     assert not bad, bad
 
 
+def test_the_pipeline_imports_no_model_method_trainer_or_cli():
+    forbidden = ["model", "methods", "training", "eval", "main"]
+    bad = _violations([f"{PKG}.pipeline"], [f"{PKG}.{f}" for f in forbidden], transitive=True)
+    assert not bad, bad
+
+
+def test_a_method_imports_no_other_method_nor_the_loop_runner_or_cli():
+    methods = {m.split(".")[2] for m in GRAPH if m.count(".") >= 2 and _in(m, f"{PKG}.methods")}
+    methods -= {"base", "registry"}
+    assert "virst" in methods
+    for name in methods:
+        others = [f"{PKG}.methods.{o}" for o in methods - {name}]
+        top = [f"{PKG}.training.loop", f"{PKG}.eval.runner", f"{PKG}.main"]
+        bad = _violations([f"{PKG}.methods.{name}"], [*others, *top, f"{PKG}.methods.registry"])
+        assert not bad, bad
+
+
 def test_core_imports_only_the_core():
+    assert set(GRAPH) >= CORE
     bad = sorted(f"{m} -> {t}" for m in CORE for t in GRAPH[m] if t not in CORE | {PKG})
     assert not bad, bad
 
@@ -161,6 +197,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles():
     assert cycles(GRAPH) == []
+
+
+def test_the_checks_see_a_violation():
+    """A trainer module reaching a method through a building block is caught."""
+    graph = {"t": {"b"}, "b": {"m"}, "m": set()}
+    assert reachable(graph, "t") == {"b", "m"} and reachable(graph, "t", frozenset({"b"})) == {"b"}
 
 
 def test_the_cycle_finder_finds_cycles():

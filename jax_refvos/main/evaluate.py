@@ -63,7 +63,10 @@ def define_flags(fv: flags.FlagValues) -> None:
         "expr_batch", 8, "VIRST: expressions per LLM batch.", lower_bound=1, flag_values=fv
     )
     flags.DEFINE_boolean(
-        "initial_seg_fusion", False, "VIRST: Initial ST-Fusion (off in its eval).", flag_values=fv
+        "initial_seg_fusion",
+        False,
+        "VIRST, weights dirs: Initial ST-Fusion (off in its eval; training workdirs keep theirs).",
+        flag_values=fv,
     )
     flags.DEFINE_boolean(
         "dynamic_anchors", False, "VIRST: the paper's dynamic anchor update.", flag_values=fv

@@ -4,6 +4,7 @@
         [--vision_config JSON] [--lora merge|keep] [--lora_alpha A] [--overwrite]
     refvos import-weights --kind virst --src STATE_DICT --config CONFIG_JSON --out_dir O
         [--sam2_config YAML] [--vision_config JSON] [--tokenizer DIR] [--lora ...] [--overwrite]
+    refvos import-weights --kind METHOD --src SRC --out_dir O [--option KEY=VALUE ...]
 
 Backbones (`weights/backbones.py`): `--src` is an HF-style model directory (config.json +
 safetensors or pytorch_model.bin, single or sharded). The output (`weights/weights_dir.py`) is
@@ -14,8 +15,9 @@ CLIP vision config.json). LoRA adapters in the checkpoint are merged by default,
 adapters (`--lora keep`); their alpha comes from `--lora_alpha` or an adapter_config.json in
 `--src`.
 
-A method's checkpoint (`--kind` a registered method; its `Method.import_weights`): a weights dir
-whose config.json records the method, for `refvos train` (`init=`), `evaluate` and `predict`.
+A method's checkpoint (`--kind` a registered method; its `Method.import_weights`, which gets the
+flags below that were given and every `--option KEY=VALUE`): a weights dir whose config.json
+records the method, for `refvos train` (`init=`), `evaluate` and `predict`.
 `--kind virst` (`methods/virst/weights.py`): `--src` is the released state dict FILE (`.pt` /
 `.bin`, or `.safetensors`), `--config` VIRST's config.json, `--sam2_config` the SAM2 yaml
 (default SAM2.1-L, as released); it writes seven components (vision, projector, lm, sam2,
@@ -29,7 +31,7 @@ from pathlib import Path
 from absl import flags
 
 from jax_refvos.errors import InputError
-from jax_refvos.main.cli import run_command
+from jax_refvos.main import cli
 from jax_refvos.methods import registry
 from jax_refvos.weights import backbones, weights_dir
 
@@ -59,6 +61,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "tokenizer", None, "virst: tokenizer dir (default: --config's directory).", flag_values=fv
     )
+    flags.DEFINE_multi_string(
+        "option", [], "A method importer's option KEY=VALUE (repeatable).", flag_values=fv
+    )
     flags.DEFINE_boolean("overwrite", False, "Replace an existing --out_dir.", flag_values=fv)
     for name in ("kind", "src", "out_dir"):
         flags.mark_flag_as_required(name, flag_values=fv)
@@ -70,12 +75,12 @@ def body(fv: flags.FlagValues) -> None:
         raise InputError(f"{out}: exists (pass --overwrite to replace it)")
     if fv.kind in registry.names():
         method = registry.get(fv.kind)
-        options = {name: fv[name].value for name in METHOD_FLAGS if fv[name].present}
+        options = cli.method_options(fv, METHOD_FLAGS)
         method.import_weights(src, out, options, overwrite=fv.overwrite)
         print(f"wrote {out}\n{weights_dir.describe(out)}")
         return
-    for name in ("config", "sam2_config", "tokenizer"):
-        if fv[name].value is not None:
+    for name in ("config", "sam2_config", "tokenizer", "option"):
+        if fv[name].present:
             raise InputError(f"--{name} only applies to a method's --kind ({registry.names()})")
     kwargs = {}
     if fv.vision_config:
@@ -100,7 +105,7 @@ def body(fv: flags.FlagValues) -> None:
 
 
 def main(argv=None) -> int:
-    return run_command("import-weights", __doc__, define_flags, body, argv)
+    return cli.run_command("import-weights", __doc__, define_flags, body, argv)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ with PyAV (`pip install 'jax_refvos[video]'`), whose frames are named 00000, 000
 prompt is VIRST's chat template (`pipeline/prompts.py`): question template
 --question_template_id of the short list, or of the long list when the text ends with "?", and
 answer template --answer_template_id; both default to 0 ("What is {sent} in the Reference
-image? ..." / "It is {seg}."), the fixture's. --initial_seg_fusion defaults to false, as VIRST's
-released eval.py runs.
+image? ..." / "It is {seg}."), the fixture's. --initial_seg_fusion (weights dirs; a training
+workdir keeps the setting it trained with) defaults to false, as VIRST's released eval.py runs.
 
 Frames (reference/virst.md §1.1), for a video of L frames: the VLM sees the T_vlm frames of the
 "flex" policy (every frame up to 64 frames, else one drawn in each of 64 equal segments; fewer
@@ -62,7 +62,10 @@ def define_flags(fv: flags.FlagValues) -> None:
     )
     flags.DEFINE_integer("answer_template_id", 0, "VIRST answer template index.", flag_values=fv)
     flags.DEFINE_boolean(
-        "initial_seg_fusion", False, "Initial ST-Fusion (off in VIRST's eval).", flag_values=fv
+        "initial_seg_fusion",
+        False,
+        "VIRST, weights dirs: Initial ST-Fusion (off in its eval; training workdirs keep theirs).",
+        flag_values=fv,
     )
     flags.DEFINE_boolean(
         "dynamic_anchors",

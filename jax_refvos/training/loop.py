@@ -29,7 +29,7 @@ from jax_refvos.methods.base import Method
 from jax_refvos.training import optim, run_config, trainable
 from jax_refvos.training import step as train_step
 from jax_refvos.training.mesh import batch_sharding, make_mesh
-from jax_refvos.training.metrics import MetricsLogger, write_config
+from jax_refvos.training.metrics import CONFIG_FILE, MetricsLogger, write_config
 from jax_refvos.training.throughput import (
     ThroughputMeter,
     cost_flops,
@@ -110,6 +110,33 @@ def build_run(
     return Run(c, method, mesh, record, model, optimizer, spec, method_state)
 
 
+def check_resumable(workdir: Path, c: ml_collections.ConfigDict, record: dict) -> None:
+    """InputError unless `workdir` is new or was written for this method and model: a workdir
+    of an older jax_refvos (no recorded method; another checkpoint layout) or of another model
+    is not resumed (nor its config.json overwritten)."""
+    import json
+
+    path = workdir / CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: cannot read ({e}); use a new --workdir") from None
+    if old.get("method") != c.method:
+        raise InputError(
+            f"{path}: written for method {old.get('method')!r}"
+            + (" by an older jax_refvos (no recorded model)" if "method" not in old else "")
+            + f", not {c.method!r}; use a new --workdir"
+        )
+    changed = sorted(k for k in record if old.get(k) != json.loads(json.dumps(record[k])))
+    if changed:
+        raise InputError(
+            f"{path}: the workdir trained another model ({', '.join(changed)} differ from this "
+            "config's); use a new --workdir"
+        )
+
+
 def _global_batch(local: dict, put: jax.sharding.NamedSharding) -> dict:
     """One global array per key from every process's rows (one process: a `device_put`)."""
     return {k: jax.make_array_from_process_local_data(put, np.asarray(v)) for k, v in local.items()}
@@ -129,15 +156,14 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """
     workdir = Path(workdir)
     method, mesh = check_config(c)
+    record = method.model_record(c, workdir)  # before anything is written: it may fail
+    check_resumable(workdir, c, record)
     main = distributed.is_main_process()
     if main:
         workdir.mkdir(parents=True, exist_ok=True)
         method.prepare(c, workdir)
-    distributed.barrier("jax_refvos: data ready")
-    record = method.model_record(c, workdir)
-    if main:
         write_config(workdir, {**c.to_dict(), **record})
-    distributed.barrier("jax_refvos: workdir ready")
+    distributed.barrier("jax_refvos: workdir and data ready")
     run = build_run(c, workdir, method=method, mesh=mesh, record=record)
     n_train, n_total = trainable.param_counts(run.model, run.spec)
     log.info("%s: %d trainable parameters of %d", method.name, n_train, n_total)
@@ -231,9 +257,11 @@ def _check_finite(c, step: int, metrics: dict, ckpt: Checkpointer) -> None:
 
 def restore_checkpoint(workdir: str | Path, *, step: int | None = None):
     """(Run, train state) of a training workdir at checkpoint `step` (default the newest), on
-    one device, from its config.json alone (the recorded model; no data is read). The whole
-    state is read (model, optimizer, method state, step): the check that a checkpoint is whole.
-    Inference reads only the model (`Method.load`)."""
+    one device: the run is built from config.json's config and recorded model as training built
+    it (a method that starts from weights, e.g. VIRST's `model.init`, reads them again, so they
+    must still exist), then the whole state is read (model, optimizer, method state, step): the
+    check that a checkpoint is whole. No data is read. Inference reads only the model, from the
+    record alone (`Method.load`)."""
     import json
 
     workdir = Path(workdir)

@@ -27,6 +27,7 @@ from jax_refvos.eval import baselines, records_scoring, runner, score
 from jax_refvos.main import convert, evaluate, import_weights, synth
 from jax_refvos.methods import registry
 from jax_refvos.methods.virst import inference as virst_inference
+from jax_refvos.methods.virst import views
 from jax_refvos.methods.virst import workdir as virst_workdir
 
 TOKENIZER = QWEN2_TOKENIZER
@@ -192,7 +193,7 @@ def test_mevis_submission_has_folders_at_the_root(tmp_path):
         assert z.namelist() == ["vid/0/00000.png"]
 
 
-def test_bad_workdir_exits_2_and_writes_nothing(synth_split, tmp_path, capsys):
+def test_bad_workdir_exits_2_and_writes_nothing(synth_split, tmp_path, capsys, monkeypatch):
     _, rec = synth_split
     w = tmp_path / "w"
     w.mkdir()
@@ -203,13 +204,10 @@ def test_bad_workdir_exits_2_and_writes_nothing(synth_split, tmp_path, capsys):
     assert sorted(p.name for p in w.iterdir()) == ["notes.txt"]
     # a method option the workdir's method does not take is one error too, before any output
     o = _fake_workdir(tmp_path / "o")
-    registry.METHODS["oracle"] = "oracle_method"
-    try:
-        args = ["--workdir", str(o), "--split", "valid_u", "--records", str(rec)]
-        assert evaluate.main([*args, "--expr_batch", "2"]) == 2
-        assert evaluate.main([*args, "--option", "nope=1"]) == 2
-    finally:
-        del registry.METHODS["oracle"]
+    monkeypatch.setitem(registry.METHODS, "oracle", "oracle_method")
+    args = ["--workdir", str(o), "--split", "valid_u", "--records", str(rec)]
+    assert evaluate.main([*args, "--expr_batch", "2"]) == 2
+    assert evaluate.main([*args, "--option", "nope=1"]) == 2
     err = capsys.readouterr().err
     assert "method 'oracle' takes no ['expr_batch']" in err and "takes no ['nope']" in err
     assert not (o / "eval").exists()
@@ -280,7 +278,7 @@ def test_one_pass_equals_predict_per_expression(real_run, weights):
         got[index] = logits
     video = video_io.RecordVideo(ex)
     size = model.cfg.sam2.image_size
-    vlm, stf = video_io.views(video, plan.vlm_frames, plan.sam_frames, size)
+    vlm, stf = views.frame_views(video, plan.vlm_frames, plan.sam_frames, size)
     for j, e in enumerate(ex.expressions):
         want = model.predict(
             vlm,

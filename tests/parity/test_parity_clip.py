@@ -2,7 +2,7 @@
 
 Tiny random CLIP (width 64, 3 layers, 4 heads, 56 px, patch 14 -> 16 patches + CLS), with
 LayerNorms, biases, CLS and position embeddings perturbed so none is trivial; saved with
-`save_pretrained` (float32 and bfloat16) and loaded with `convert.clip.load_clip_vision`.
+`save_pretrained` (float32 and bfloat16) and loaded with `weights.clip.load_clip_vision`.
 Tolerance: max|ours - torch| <= 1e-4 * max|torch| per output, float32 compute (measured
 ~1e-6); preprocessing must be bit-exact up to 1e-6.
 """

@@ -6,14 +6,14 @@ import pytest
 from jax_refvos.main import train
 
 CONFIG = "configs/virst.py"
-BAD_SECTION = """
+BAD = """
 from configs_virst import get_config as base
 
 
 def get_config(arg=None):
-    c = base(arg)
+    c = base("variant=tiny")
     c.unlock()
-    c.no_such_section = {"x": 1}
+    c[arg.split("=")[0]] = arg.split("=")[1]
     return c
 """
 
@@ -43,7 +43,14 @@ def test_bad_config_is_one_error_line_and_writes_nothing(arg, says, tmp_path, ca
     assert not work.exists()
 
 
-def test_unknown_config_key_is_one_error_line(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        ("no_such_section=1", "unknown key 'no_such_section' for method 'virst'"),
+        ("method=nope", "unknown method 'nope' (registered: virst"),
+    ],
+)
+def test_bad_config_file_is_one_error_line(edit, says, tmp_path, capsys, monkeypatch):
     import importlib.util
     import sys
 
@@ -52,9 +59,9 @@ def test_unknown_config_key_is_one_error_line(tmp_path, capsys, monkeypatch):
     spec.loader.exec_module(module)
     monkeypatch.setitem(sys.modules, "configs_virst", module)
     path = tmp_path / "bad.py"
-    path.write_text(BAD_SECTION)
+    path.write_text(BAD)
     work = tmp_path / "run"
-    assert train.main(["--config", f"{path}:variant=tiny", "--workdir", str(work)]) == 2
+    assert train.main(["--config", f"{path}:{edit}", "--workdir", str(work)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "unknown key 'no_such_section'" in err, err
+    assert err.startswith("error:") and says in err, err
     assert len(err.splitlines()) == 1 and not work.exists()

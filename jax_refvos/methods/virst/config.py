@@ -34,7 +34,7 @@ class ModelSection:
 class DataSection:
     synth_root: str = ""  # generated when the train records are missing ("" = never)
     train_records: str = ""  # `refvos convert` output (a dir with manifest.json)
-    tokenizer_dir: str = ""  # "" = the synthetic tokenizer; relative = inside model.init
+    tokenizer_dir: str = ""  # "" = model.init's, else the synthetic one; relative = inside init
     batch_size: int = 2  # videos per process and step
     vlm_frames: int = 8
     sam_frames: int = 8

@@ -37,6 +37,7 @@ from jax_refvos.datasets.example import VideoExample
 from jax_refvos.errors import InputError
 from jax_refvos.methods.virst import anchor_updater as au
 from jax_refvos.methods.virst import propagation as vp
+from jax_refvos.methods.virst import views
 from jax_refvos.methods.virst.model import Virst
 from jax_refvos.model.backbone import multimodal
 from jax_refvos.pipeline import prompts, sampling
@@ -130,7 +131,7 @@ def infer_video(
     video, n = video_io.RecordVideo(ex), ex.num_frames
     sam_size = model.cfg.sam2.image_size
     vlm_idx, sam_idx = sample_frames(n, seed)
-    vlm, stf = video_io.views(video, vlm_idx, sam_idx, sam_size, model.cfg.umt.img_size)
+    vlm, stf = views.frame_views(video, vlm_idx, sam_idx, sam_size, model.cfg.umt.img_size)
     visual, stf_feats = _video_features(model, jnp.asarray(vlm)[None], jnp.asarray(stf)[None])
     del vlm, stf
     b = min(expr_batch, _next_pow2(e))

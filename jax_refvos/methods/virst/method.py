@@ -18,6 +18,11 @@ from jax_refvos.methods.virst import weights as vweights
 from jax_refvos.methods.virst import workdir as vworkdir
 from jax_refvos.methods.virst.losses import VirstLossConfig
 
+# `refvos import-weights --kind virst` options (`weights.import_to_dir`).
+IMPORT_OPTIONS = frozenset(
+    {"config", "sam2_config", "vision_config", "tokenizer", "lora", "lora_alpha"}
+)
+
 
 class VirstMethod(Method):
     name = "virst"
@@ -84,7 +89,13 @@ class VirstMethod(Method):
 
     # ------------------------------------------------------------------ weights
     def import_weights(self, src: Path, out_dir: Path, options: Mapping[str, Any], *, overwrite):
-        vweights.import_to_dir(src, out_dir, **options, overwrite=overwrite)
+        unknown = sorted(set(options) - IMPORT_OPTIONS)
+        if unknown:
+            raise InputError(f"--kind virst takes no {unknown} (takes: {sorted(IMPORT_OPTIONS)})")
+        opts = dict(options)
+        if isinstance(opts.get("lora_alpha"), str):
+            opts["lora_alpha"] = config_lib.parse_value("lora_alpha", opts["lora_alpha"], 0.0)
+        vweights.import_to_dir(src, out_dir, **opts, overwrite=overwrite)
 
 
 METHOD = VirstMethod()

@@ -17,8 +17,8 @@ import numpy as np
 
 from jax_refvos.errors import InputError
 from jax_refvos.methods.base import LogitsChunk, Predictor
-from jax_refvos.methods.virst import inference
-from jax_refvos.pipeline import prompts, sampling
+from jax_refvos.methods.virst import inference, views
+from jax_refvos.pipeline import prompts
 
 OPTIONS = {
     "initial_seg_fusion": False,
@@ -91,10 +91,8 @@ class VirstPredictor(Predictor):
             self.tok, prompts.virst_messages(text, self.question, self.answer)
         )
         sam_size, n = model.cfg.sam2.image_size, len(video)
-        rng = np.random.default_rng(seed)
-        vlm_idx = sampling.virst_vlm_indices(n, rng)
-        sam_idx = vlm_idx[sampling.virst_sam_positions(len(vlm_idx), rng)]
-        vlm, stf = video_io.views(video, vlm_idx, sam_idx, sam_size, model.cfg.umt.img_size)
+        vlm_idx, sam_idx = inference.sample_frames(n, seed)
+        vlm, stf = views.frame_views(video, vlm_idx, sam_idx, sam_size, model.cfg.umt.img_size)
         chunks = model.predict(
             vlm,
             stf,

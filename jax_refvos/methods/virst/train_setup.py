@@ -36,9 +36,13 @@ PRESETS = ("tiny", "7b")
 
 
 def tokenizer_dir(c: ml_collections.ConfigDict) -> str:
-    """The run's tokenizer: the synthetic one, or `data.tokenizer_dir` (inside `model.init` when
-    relative and a weights dir is given)."""
+    """The run's tokenizer: `data.tokenizer_dir` (inside `model.init` when relative and a
+    weights dir is given); unset, the weights dir's own tokenizer, or without one the synthetic
+    tokenizer."""
     if not c.data.tokenizer_dir:
+        if c.model.init:
+            meta = weights_dir.read_meta(c.model.init)
+            return str(Path(c.model.init) / meta.get("tokenizer", vworkdir.TOKENIZER_DIR))
         return SYNTH_TOKENIZER
     if c.model.init and not Path(c.data.tokenizer_dir).is_absolute():
         return str(Path(c.model.init) / c.data.tokenizer_dir)
@@ -66,6 +70,14 @@ def check(c: ml_collections.ConfigDict) -> None:
     if not tok_dir.is_dir():
         raise InputError(f"{tok_dir}: the run's tokenizer directory does not exist")
     vweights.check_tokenizer(tok_dir)
+    if c.model.init:  # every id of the tokenizer needs a row of the LLM's embedding
+        rows = meta["components"].get("lm", {}).get("config", {}).get("vocab_size")
+        vocab = run_tokenizer(c).vocab_size
+        if rows is None or rows < vocab:
+            raise InputError(
+                f"{tok_dir}: the tokenizer has {vocab} ids, the LLM of {c.model.init} {rows} "
+                "embedding rows (data.tokenizer_dir names another tokenizer than the weights')"
+            )
     d = c.data
     if min(d.batch_size, d.vlm_frames, d.sam_frames, d.max_expressions, d.max_text_len) < 1:
         raise InputError("config: batch, frames, expressions and text length must be >= 1")

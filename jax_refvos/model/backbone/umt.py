@@ -3,7 +3,7 @@
 Port of `model/videochat/vision_tower_builder.py` (AIDASLab/VIRST @ 954276f: `PatchEmbed`,
 `Attention`, `Block`, `PretrainVisionTransformerEncoder`, `get_sinusoid_encoding_table2`,
 `UMTVisionTower.forward`). Attribute names equal the PyTorch ones under the state-dict prefix
-`model.vision_tower.vision_tower.encoder.`, so `convert.videochat_flash` maps weights by path.
+`model.vision_tower.vision_tower.encoder.`, so `weights.videochat_flash` maps weights by path.
 
 Frames are encoded in clips of `clip_frames` (4) with joint space-time attention over
 4 * 784 tokens; a single image (t = 1) uses the image position table instead.

@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from jax_refvos import sharding
-from jax_refvos.methods.virst import batch as virst_step
+from jax_refvos.methods.virst import batch as vbatch
 from jax_refvos.training.mesh import batch_sharding
 
 
@@ -24,7 +24,7 @@ def setup():
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "model": 2})
     model = vb.micro_model(seed=1)
     sharding.place_state(model, mesh)
-    args = virst_step.forward_args(jax.tree.map(jnp.asarray, vb.batch(videos=4, expressions=1)))
+    args = vbatch.forward_args(jax.tree.map(jnp.asarray, vb.batch(videos=4, expressions=1)))
     return mesh, model, args
 
 

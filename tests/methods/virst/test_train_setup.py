@@ -8,6 +8,8 @@
 """
 
 import json
+import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 from flax import nnx
 
 from jax_refvos import checkpoint, config_lib
+from jax_refvos.errors import InputError
 from jax_refvos.methods import registry
 from jax_refvos.methods.virst import presets, train_setup
 from jax_refvos.methods.virst import record as rec
@@ -109,3 +112,29 @@ def test_a_training_workdir_loads_from_any_directory(weights, tmp_path, monkeypa
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_prepare_copies_the_tokenizer_into_the_workdir(tmp_path):
+    records = tmp_path / "records"
+    c = config_lib.load(f"{CONFIG}:variant=tiny,records={records}", lock=False)
+    train_setup.prepare(c, tmp_path / "run")  # records given: no synthetic data is made
+    got = sorted(p.name for p in (tmp_path / "run" / "tokenizer").iterdir())
+    assert got == sorted(p.name for p in Path(SYNTH_TOKENIZER).iterdir())
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["tokenizer"]
+    assert not records.exists()
+
+
+def test_init_defaults_to_its_tokenizer_and_refuses_one_that_does_not_fit(weights, tmp_path):
+    path, _ = weights
+    c = config_lib.load(f"{CONFIG}:variant=tiny,init={path},records={tmp_path}", lock=False)
+    c.data.synth_root = "x"  # records may be made later: only the tokenizer is checked here
+    assert train_setup.tokenizer_dir(c) == str(path / "tokenizer")
+    train_setup.check(c)
+    small = tmp_path / "small"
+    shutil.copytree(path, small)
+    meta = json.loads((small / "config.json").read_text())
+    meta["components"]["lm"]["config"]["vocab_size"] = 10
+    (small / "config.json").write_text(json.dumps(meta))
+    c.model.init = str(small)
+    with pytest.raises(InputError, match="embedding rows"):
+        train_setup.check(c)

@@ -4,7 +4,8 @@ The model is 7b-shaped with reduced depth and width: the official code's tiny VI
 fixture (`shared/fixtures/virst_tiny_dev`: a 3-block UMT of width 64, a 2-layer Qwen2 of width 32
 over the real Qwen2 tokenizer (151,647 rows), SAM 2.1 with a tiny Hiera, the released fusion
 modules), in the released checkpoint format. The released resolutions (UMT 448 px, SAM 2 1024 px)
-do not fit a training step in this machine's 24 GB (measured: XLA asked for 26.4 GB), so the
+do not fit a training step in the 24 GB of the 2-core CPU VM we develop on (measured: XLA asked
+for 26.4 GB), so the
 import is given the fixture's UMT config and SAM 2 yaml with the input sizes cut to 224 / 256 px
 (`--vision_config`, `--sam2_config`; no weight depends on them, the fusion grid follows SAM 2's
 size). The commands are the ones docs/training.md gives:

@@ -15,7 +15,7 @@ from flax import nnx
 
 from jax_refvos import config_lib, sharding
 from jax_refvos.errors import InputError
-from jax_refvos.methods.virst import batch as virst_step
+from jax_refvos.methods.virst import batch as vbatch
 from jax_refvos.methods.virst.config import VIRST_PAPER
 from jax_refvos.training import optim, trainable
 from jax_refvos.training import step as train_step
@@ -84,7 +84,7 @@ def test_config_arguments():
 
 def test_forward_args_flattens_expression_rows():
     b = vb.batch(videos=2, expressions=3)
-    args = virst_step.forward_args(jax.tree.map(jnp.asarray, b))
+    args = vbatch.forward_args(jax.tree.map(jnp.asarray, b))
     assert args["input_ids"].shape == (6, 128) and args["gt_masks"].shape[:2] == (6, 8)
     assert args["row_video"].tolist() == [0, 0, 0, 1, 1, 1]
     assert args["row_valid"].tolist() == [True, True, False] * 2
@@ -110,7 +110,7 @@ def _run(mesh_axes: dict, batch: dict, steps: int) -> list[float]:
             if not x.sharding.is_fully_replicated
         ]
         assert split if mesh.shape["fsdp"] * mesh.shape["model"] > 1 else not split
-    step = train_step.jit_train_step(virst_step.make_loss(), trainable.EVERYTHING)
+    step = train_step.jit_train_step(vbatch.make_loss(), trainable.EVERYTHING)
     losses = []
     with jax.set_mesh(mesh):
         put = jax.device_put(batch, batch_sharding(mesh))
@@ -153,7 +153,7 @@ def test_unrolled_rollout_equals_the_loop(monkeypatch):
     from jax_refvos.methods.virst import train_forward as virst_train
 
     model = vb.micro_model(seed=2)
-    args = virst_step.forward_args(jax.tree.map(jnp.asarray, vb.batch(videos=1, sam_frames=6)))
+    args = vbatch.forward_args(jax.tree.map(jnp.asarray, vb.batch(videos=1, sam_frames=6)))
 
     def loss(unroll):
         monkeypatch.setattr(virst_train, "ROLLOUT_UNROLL", unroll)
