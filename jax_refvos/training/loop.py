@@ -127,13 +127,13 @@ def check_resumable(workdir: Path, c: ml_collections.ConfigDict, record: dict) -
         raise InputError(
             f"{path}: written for method {old.get('method')!r}"
             + (" by an older jax_refvos (no recorded model)" if "method" not in old else "")
-            + f", not {c.method!r}; use a new --workdir"
+            + f", not {c.method!r}; use a new --workdir (or delete this one)"
         )
     changed = sorted(k for k in record if old.get(k) != json.loads(json.dumps(record[k])))
     if changed:
         raise InputError(
             f"{path}: the workdir trained another model ({', '.join(changed)} differ from this "
-            "config's); use a new --workdir"
+            "config's); use a new --workdir (or delete this one)"
         )
 
 

@@ -65,3 +65,34 @@ def test_bad_config_file_is_one_error_line(edit, says, tmp_path, capsys, monkeyp
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and says in err, err
     assert len(err.splitlines()) == 1 and not work.exists()
+
+
+def test_a_workdir_of_an_older_version_or_another_model_is_refused(tmp_path, capsys):
+    import json
+
+    import ml_collections
+
+    from jax_refvos.errors import InputError
+    from jax_refvos.training import loop
+
+    c = ml_collections.ConfigDict({"method": "virst"})
+    record = {"components": {"lm": {"config": {"width": 1e-6}}}, "method_config": {"isf": True}}
+    loop.check_resumable(tmp_path / "new", c, record)  # a new workdir: fine
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "config.json").write_text(json.dumps({"method": "virst", **record}))
+    loop.check_resumable(work, c, record)  # the same model: resumed
+    other = {**record, "method_config": {"isf": False}}
+    with pytest.raises(InputError, match="trained another model .method_config differ"):
+        loop.check_resumable(work, c, other)
+    old = json.dumps({"seed": 0, "model": {"preset": "tiny"}})
+    (work / "config.json").write_text(old)
+    # through the command: one error line, the old workdir left as it was
+    assert train.main(["--config", f"{CONFIG}:variant=tiny", "--workdir", str(work)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("error:") and "by an older jax_refvos" in err and len(err.splitlines()) == 1
+    )
+    assert (work / "config.json").read_text() == old and sorted(work.iterdir()) == [
+        work / "config.json"
+    ]
