@@ -105,7 +105,9 @@ def test_toy_evaluates_and_predicts(data, toy, tmp_path):
     settings = json.loads((work / "eval" / "valid_u" / "eval.json").read_text())
     assert settings["method"] == "toy" and settings["toy_width"] == 8
     # VIRST's option flags are refused for this method, before anything is written
+    before = (work / "eval" / "valid_u" / "metrics.json").read_bytes()
     assert evaluate.main([*args, "--expr_batch", "2", "--overwrite"]) == 2
+    assert (work / "eval" / "valid_u" / "metrics.json").read_bytes() == before
     video = sorted((data / "synth" / "valid_u" / "JPEGImages").iterdir())[0]
     out = tmp_path / "pred"
     args = ["--workdir", str(work), "--video", str(video), "--text", "the red square"]
