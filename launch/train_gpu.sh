@@ -2,7 +2,7 @@
 # Single-host GPU training: one process drives every local GPU (the mesh spans them).
 #
 #   bash launch/train_gpu.sh CONFIG WORKDIR [more refvos train flags]
-#   bash launch/train_gpu.sh "configs/virst.py:variant=7b,init=weights/virst,mesh=1x8x1" runs/virst_7b
+#   bash launch/train_gpu.sh "configs/virst.py:variant=7b,init=weights/virst,records=data/records/train,mesh=1x8x1" runs/virst_7b
 #
 # Needs an environment with jax[cuda12] and jax_refvos installed (REFVOS=path/to/refvos to pick
 # one). Rerunning the same command resumes; SIGTERM saves a checkpoint and exits.

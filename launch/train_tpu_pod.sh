@@ -3,7 +3,7 @@
 #
 #   bash launch/train_tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR
 #   bash launch/train_tpu_pod.sh my-v5p-256 us-east5-a \
-#     "configs/virst.py:variant=7b,init=/mnt/shared/weights/virst,mesh=-1x16x1" /mnt/shared/runs/virst_7b
+#     "configs/virst.py:variant=7b,init=/mnt/shared/weights/virst,records=/mnt/shared/records/train,mesh=-1x16x1" /mnt/shared/runs/virst_7b
 #
 # Each host must already have the repository at $REPO_DIR (default ~/jax_refvos) with a .venv
 # holding jax[tpu] and jax_refvos, and WORKDIR on storage all hosts mount (Filestore/NFS, or a

@@ -3,7 +3,7 @@
 #
 #   bash launch/train_xpk.sh CLUSTER IMAGE TPU_TYPE CONFIG WORKDIR
 #   bash launch/train_xpk.sh my-cluster us-docker.pkg.dev/p/r/jax_refvos:latest v5p-256 \
-#     "configs/virst.py:variant=7b,init=/mnt/shared/weights/virst,mesh=-1x16x1" /mnt/shared/runs/virst_7b
+#     "configs/virst.py:variant=7b,init=/mnt/shared/weights/virst,records=/mnt/shared/records/train,mesh=-1x16x1" /mnt/shared/runs/virst_7b
 #
 # IMAGE: a container with jax[tpu] and jax_refvos installed (`pip install .` in this repo).
 # WORKDIR: a volume every pod mounts (e.g. a Filestore PVC or a gcsfuse CSI volume). xpk sets
