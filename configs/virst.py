@@ -32,15 +32,6 @@ SYNTH_VARIANTS = {  # configs/synth_benchmark.py's variants
 VARIANTS = ("tiny", "7b")
 
 
-def _mesh(text: str) -> dict:
-    if text == "auto":  # data = gcd(global batch, devices), the rest model-parallel
-        return dict(data=0, fsdp=0, model=0)
-    sizes = [int(s) for s in str(text).split("x")]
-    if len(sizes) != 3:
-        raise ValueError(f"mesh must be data x fsdp x model, e.g. 1x4x2 or -1x1x1, got {text!r}")
-    return dict(zip(("data", "fsdp", "model"), sizes, strict=True))
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = config_lib.parse_arg(
         arg,
@@ -70,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = arg.log_every
     c.ckpt_every = arg.ckpt_every if arg.ckpt_every != -1 else (100 if tiny else 1000)
     c.keep_checkpoints = 3
-    c.mesh = _mesh(arg.mesh)
+    c.mesh = config_lib.mesh_arg(arg.mesh)
     c.skip_nonfinite = False  # True: a step with a NaN/Inf loss or gradient is skipped, not fatal
     c.peak_flops = 0.0  # per device, for MFU (0: the vendor's figure, or measured on CPU)
 

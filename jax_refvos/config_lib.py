@@ -66,6 +66,17 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(values)
 
 
+def mesh_arg(text: str) -> dict[str, int]:
+    """A config's `mesh=` argument: "auto" (data = gcd(global batch, devices), the rest
+    model-parallel; all zeros) or data x fsdp x model, e.g. "1x4x2", "-1x1x1" (-1 = the rest)."""
+    if text == "auto":
+        return dict(data=0, fsdp=0, model=0)
+    sizes = [int(s) for s in str(text).split("x")]
+    if len(sizes) != 3:
+        raise ValueError(f"mesh must be data x fsdp x model, e.g. 1x4x2 or -1x1x1, got {text!r}")
+    return dict(zip(("data", "fsdp", "model"), sizes, strict=True))
+
+
 def base() -> ml_collections.ConfigDict:
     """Defaults every experiment shares (seed, logging and checkpoint cadence)."""
     return ml_collections.ConfigDict(

@@ -16,6 +16,7 @@ from jax_refvos.methods.base import Method, WorkdirKind
 # name -> module exposing `METHOD` (a `methods.base.Method`)
 METHODS: dict[str, str] = {
     "virst": "jax_refvos.methods.virst.method",
+    "sam2": "jax_refvos.methods.sam2.method",
 }
 
 WEIGHTS_FORMAT = "jax_refvos.weights"  # = weights.weights_dir.FORMAT (core files, no import)

@@ -4,7 +4,7 @@ import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
-METHODS = ("virst", "glus")
+METHODS = ("virst", "glus", "sam2")
 SYNTH_TOKENIZER = str(Path(__file__).parents[1] / "assets" / "tokenizers" / "synth_qwen2")
 
 
@@ -13,7 +13,7 @@ class PipelineConfig:
     """Input pipeline settings. Sizes are square sides in pixels.
 
     Attributes:
-      method: "virst" or "glus" (frame sampling, prompt template, image views).
+      method: "virst", "glus" or "sam2" (frame sampling, prompt template, image views).
       mixture: {name: (records directory, weight)}; weights need not sum to 1.
       batch_size: per-process batch size (the global batch is this times the process count).
       vlm_size: VLM view side (VIRST UMT 448, square resize; GLUS CLIP 224, shortest side +
@@ -25,6 +25,8 @@ class PipelineConfig:
       sam_frames: VIRST SAM-frame cap (32).
       context_frames / query_frames: GLUS 4 + 4.
       max_expressions: expressions per video sample (both references draw up to 3).
+      max_objects: sam2: objects per clip (the official trainer's `max_num_objects`, 3); the
+        clip is `sam_frames` consecutive frames (8).
       max_text_len: static token length per expression (ids, labels, valid mask).
       tokenizer_dir: a local Hugging Face tokenizer directory (loaded with AutoTokenizer).
       seed: the only source of randomness; same seed -> same batches.
@@ -53,6 +55,7 @@ class PipelineConfig:
     context_frames: int = 4
     query_frames: int = 4
     max_expressions: int = 3
+    max_objects: int = 3
     max_text_len: int = 256
     tokenizer_dir: str = SYNTH_TOKENIZER
     seed: int = 0
@@ -92,6 +95,11 @@ class PipelineConfig:
     def virst(**overrides) -> "PipelineConfig":
         """VIRST defaults: UMT 448 view, SAM2 1024, <= 64 VLM / 32 SAM frames."""
         return PipelineConfig(method="virst", **overrides)
+
+    @staticmethod
+    def sam2(**overrides) -> "PipelineConfig":
+        """SAM 2 training defaults: clips of 8 frames at 1024, up to 3 objects each."""
+        return PipelineConfig(**{"method": "sam2", "sam_frames": 8, **overrides})
 
     @staticmethod
     def glus(**overrides) -> "PipelineConfig":

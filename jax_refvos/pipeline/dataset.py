@@ -33,8 +33,10 @@ from jax_refvos.errors import InputError
 from jax_refvos.pipeline import element
 from jax_refvos.pipeline.config import PipelineConfig
 from jax_refvos.pipeline.glus_sample import glus_sample
+from jax_refvos.pipeline.sam2_sample import sam2_sample
 from jax_refvos.pipeline.virst_sample import virst_sample
 
+SAMPLERS = {"virst": virst_sample, "glus": glus_sample, "sam2": sam2_sample}
 META_KEYS = ("meta_video_id", "meta_exp_id")  # host-only strings in eval batches
 
 
@@ -115,7 +117,7 @@ class _Sample(grain.transforms.RandomMap):
 
     def random_map(self, elem: element.Element, rng: np.random.Generator) -> dict:
         ds_index, data, exp_index = elem
-        fn = virst_sample if self.cfg.method == "virst" else glus_sample
+        fn = SAMPLERS[self.cfg.method]
         return fn(VideoExample.from_bytes(data), ds_index, exp_index, rng, self.cfg)
 
 

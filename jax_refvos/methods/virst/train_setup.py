@@ -20,6 +20,7 @@ import ml_collections
 from flax import nnx
 
 from jax_refvos import config_lib
+from jax_refvos.datasets.synthetic.make import ensure_synthetic_records
 from jax_refvos.errors import InputError
 from jax_refvos.methods.virst import model as virst
 from jax_refvos.methods.virst import presets
@@ -85,26 +86,10 @@ def check(c: ml_collections.ConfigDict) -> None:
         raise InputError(f"config: vlm_frames {d.vlm_frames} is not a multiple of 4 (UMT clips)")
 
 
-def ensure_synthetic_records(c: ml_collections.ConfigDict) -> None:
-    """The tiny preset's data: generate `data/synth` and convert its train split if missing."""
-    records = Path(c.data.train_records)
-    if (records / "manifest.json").is_file() or not c.data.synth_root:
-        return
-    from jax_refvos.datasets.convert import convert_dataset
-    from jax_refvos.datasets.synthetic import SynthConfig, generate_benchmark
-
-    root = Path(c.data.synth_root)
-    if not (root / "train").is_dir():
-        log.info("creating the synthetic benchmark in %s", root)
-        generate_benchmark(root, config_lib.to_dataclass(SynthConfig, c.synth, where="synth"))
-    log.info("converting %s/train to %s", root, records)
-    convert_dataset("synth", root, "train", records)
-
-
 def prepare(c: ml_collections.ConfigDict, workdir: Path) -> None:
     """Main process: the data, and the tokenizer copied into `<workdir>/tokenizer/` (so the
     workdir loads without the paths the config named)."""
-    ensure_synthetic_records(c)
+    ensure_synthetic_records(c.data.synth_root, c.data.train_records, c.synth)
     dest = Path(workdir) / vworkdir.TOKENIZER_DIR
     tmp = Path(workdir) / ".tokenizer.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -189,9 +189,11 @@ class MaskDecoder(nnx.Module):
         *,
         repeat_image: bool = False,
         high_res_features: tuple[Array, Array] | None = None,
+        sparse_valid: Array | None = None,
     ) -> tuple[Array, Array, Array, Array]:
         """All outputs before selection: masks [b, q, 4h, 4w], iou [b, q], mask tokens
-        [b, q, d] and object-score logits [b, 1], with q = num_mask_tokens."""
+        [b, q, d] and object-score logits [b, 1], with q = num_mask_tokens. `sparse_valid`
+        (bool[b, p], optional): prompt tokens that are there (others are masked out)."""
         b = sparse_prompt_embeddings.shape[0]
         embeds = [self.iou_token.embedding[...], self.mask_tokens.embedding[...]]
         if self.pred_obj_scores:
@@ -212,7 +214,11 @@ class MaskDecoder(nnx.Module):
         if image_pe.shape[0] != 1:
             raise ValueError(f"image_pe must have batch 1 (get_dense_pe), got {image_pe.shape}")
 
-        hs, keys = self.transformer(src, image_pe, tokens)
+        token_valid = None
+        if sparse_valid is not None:
+            fixed = jnp.ones((b, output_tokens.shape[1]), bool)
+            token_valid = jnp.concatenate([fixed, sparse_valid.astype(bool)], axis=1)
+        hs, keys = self.transformer(src, image_pe, tokens, token_valid)
         iou_token_out = hs[:, s]
         mask_tokens_out = hs[:, s + 1 : s + 1 + self.num_mask_tokens]
 

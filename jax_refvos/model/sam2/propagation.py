@@ -21,7 +21,7 @@ from jaxtyping import Array, Bool, Float, Int, UInt8
 
 from jax_refvos.model.sam2 import memory_bank as mb
 from jax_refvos.model.sam2.resize import resize_bilinear
-from jax_refvos.model.sam2.sam2_model import ImageFeatures, Sam2Model, SamOutput
+from jax_refvos.model.sam2.sam2_model import NO_OBJ_SCORE, ImageFeatures, Sam2Model, SamOutput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -145,8 +145,13 @@ def propagate_chunk(
     video_size: tuple[int, int],
     reverse: bool,
     promote: Callable | None = None,
+    obj_start: Int[Array, "o"] | None = None,
 ) -> tuple[mb.MemoryBank, FrameOutput]:
     """Track `k` frames (in the order given) with one `lax.scan`; inactive frames change nothing.
+
+    `obj_start`, optional: object i exists from frame `obj_start[i]` on (in the tracking
+    direction); before it its output is "no object" and nothing enters its memory (objects
+    that appear later in semi-supervised VOS, prompted on their first frame).
 
     `promote(bank, t, out, mem, candidate) -> (bank, promoted)`, optional and hashable (it is a
     static argument of the compiled version): may turn a tracked frame into a conditioning frame
@@ -170,6 +175,11 @@ def propagate_chunk(
         low = jnp.where(is_cond[:, None, None, None], cond_low, out.low_res_masks)
         score = jnp.where(is_cond[:, None], cond_score, out.object_score_logits)
         tracked = on & ~is_cond
+        if obj_start is not None:
+            started = (t <= obj_start) if reverse else (t >= obj_start)
+            low = jnp.where(started[:, None, None, None], low, NO_OBJ_SCORE)
+            score = jnp.where(started[:, None], score, NO_OBJ_SCORE)
+            tracked = tracked & started
         promoted = jnp.zeros_like(tracked)
         if promote is not None:
             bank, promoted = promote(bank, t, out, mem, tracked)
@@ -202,6 +212,7 @@ def _propagate_chunk_jit(
     video_size,
     reverse,
     promote=None,
+    obj_start=None,
 ):
     model = nnx.merge(graphdef, state)
     return propagate_chunk(
@@ -216,12 +227,19 @@ def _propagate_chunk_jit(
         video_size=video_size,
         reverse=reverse,
         promote=promote,
+        obj_start=obj_start,
     )
 
 
-def propagate_chunk_jit(model: Sam2Model, *args, video_size, reverse, promote=None):
+def propagate_chunk_jit(model: Sam2Model, *args, video_size, reverse, promote=None, obj_start=None):
     """`propagate_chunk` compiled once per (shapes, video size, direction, promote hook)."""
     graphdef, state = nnx.split(model)
     return _propagate_chunk_jit(
-        graphdef, state, *args, video_size=video_size, reverse=reverse, promote=promote
+        graphdef,
+        state,
+        *args,
+        video_size=video_size,
+        reverse=reverse,
+        promote=promote,
+        obj_start=obj_start,
     )

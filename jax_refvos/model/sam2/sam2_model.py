@@ -11,7 +11,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from jax_refvos.model.sam2 import memory_bank as mb
 from jax_refvos.model.sam2.config import Sam2Config
@@ -25,6 +25,8 @@ from jax_refvos.model.sam2.prompt_encoder import PromptEncoder
 from jax_refvos.model.sam2.resize import resize_bilinear
 
 NO_OBJ_SCORE = -1024.0
+# A point label for "no point here" (training's static click arrays; see `_sam_heads_per_row`).
+ABSENT_POINT = -2
 
 
 @flax.struct.dataclass
@@ -49,6 +51,12 @@ class SamOutput:
     ious: Float[Array, "b m"]
     obj_ptr: Float[Array, "b d"]
     object_score_logits: Float[Array, "b 1"]
+    # Training with a per-row multimask choice (`forward_sam_heads(multimask_output=<array>)`):
+    # the masks the loss chooses among (`low_res_multimasks`), object-gated; single-mask rows
+    # hold mask 0 in slot 0 and `candidate_valid` [True, False, False].
+    candidate_masks: Float[Array, "b 3 H4 W4"] | None = None
+    candidate_ious: Float[Array, "b 3"] | None = None
+    candidate_valid: Bool[Array, "b 3"] | None = None
 
 
 def _trunc_normal(key, shape, std=0.02):
@@ -133,7 +141,7 @@ class Sam2Model(nnx.Module):
         point_labels: Int[Array, "b n"] | None = None,
         mask_inputs: Float[Array, "b 1 Hm Wm"] | None = None,
         sparse_embeddings: Float[Array, "b n d"] | None = None,
-        multimask_output: bool,
+        multimask_output: bool | Bool[Array, "b"],
         training: bool = False,
     ) -> SamOutput:
         """`_forward_sam_heads`: prompt encoder + mask decoder + best-mask and pointer logic.
@@ -141,19 +149,20 @@ class Sam2Model(nnx.Module):
         `sparse_embeddings`, when given, replaces the prompt encoder's sparse output (VIRST/GLUS
         feed learned prompt tokens this way; the dense no-mask embedding is kept). `training`:
         the reference's `self.training` (turns the decoder's stability fallback off).
+        `multimask_output` may be a bool per row (SAM 2 training, where one click gives three
+        masks and a box one): then the output also holds the candidates for the loss.
         """
+        if not isinstance(multimask_output, bool):
+            return self._sam_heads_per_row(
+                pix,
+                high_res,
+                point_coords=point_coords,
+                point_labels=point_labels,
+                mask_inputs=mask_inputs,
+                multimask=multimask_output,
+            )
         b = pix.shape[0]
-        if point_coords is None:
-            point_coords = jnp.zeros((b, 1, 2), jnp.float32)
-            point_labels = -jnp.ones((b, 1), jnp.int32)
-        mask_prompt = None
-        if mask_inputs is not None:
-            size = self.sam_prompt_encoder.mask_input_size
-            mask_prompt = resize_bilinear(mask_inputs.astype(jnp.float32), size, antialias=True)
-            mask_prompt = einops.rearrange(mask_prompt, "b 1 h w -> b h w 1")
-        sparse, dense = self.sam_prompt_encoder(
-            points=(point_coords, point_labels), boxes=None, masks=mask_prompt
-        )
+        sparse, dense = self._prompt_embeddings(b, point_coords, point_labels, mask_inputs)
         if sparse_embeddings is not None:
             sparse = sparse_embeddings.astype(sparse.dtype)
         dec = self.sam_mask_decoder(
@@ -188,6 +197,71 @@ class Sam2Model(nnx.Module):
             ious=dec.iou_pred.astype(jnp.float32),
             obj_ptr=obj_ptr,
             object_score_logits=obj_score,
+        )
+
+    def _prompt_embeddings(self, b, point_coords, point_labels, mask_inputs):
+        if point_coords is None:
+            point_coords = jnp.zeros((b, 1, 2), jnp.float32)
+            point_labels = -jnp.ones((b, 1), jnp.int32)
+        mask_prompt = None
+        if mask_inputs is not None:
+            size = self.sam_prompt_encoder.mask_input_size
+            mask_prompt = resize_bilinear(mask_inputs.astype(jnp.float32), size, antialias=True)
+            mask_prompt = einops.rearrange(mask_prompt, "b 1 h w -> b h w 1")
+        return self.sam_prompt_encoder(
+            points=(point_coords, point_labels), boxes=None, masks=mask_prompt
+        )
+
+    def _sam_heads_per_row(
+        self, pix, high_res, *, point_coords, point_labels, mask_inputs, multimask
+    ) -> SamOutput:
+        """`forward_sam_heads` in training mode with `multimask_output` chosen per row.
+
+        Points labelled `ABSENT_POINT` are not there (static-shape room for clicks to come):
+        masked out of the decoder's attention, which equals leaving them out.
+        """
+        b = pix.shape[0]
+        sparse_valid = None
+        if point_labels is not None:
+            present = point_labels != ABSENT_POINT
+            point_labels = jnp.where(present, point_labels, -1)
+            pad = jnp.ones((b, 1), bool)  # the prompt encoder's own padding point
+            sparse_valid = jnp.concatenate([present, pad], axis=1)
+        sparse, dense = self._prompt_embeddings(b, point_coords, point_labels, mask_inputs)
+        dec = self.sam_mask_decoder.predict_masks(
+            pix,
+            self.sam_prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            repeat_image=False,
+            high_res_features=high_res,
+            sparse_valid=sparse_valid,
+        )
+        masks, iou_pred, tokens, obj_score = (x.astype(jnp.float32) for x in dec)
+        appearing = obj_score > 0
+        if self.cfg.mask_decoder.pred_obj_scores:
+            masks = jnp.where(appearing[:, :, None, None], masks, NO_OBJ_SCORE)
+        multi = multimask[:, None]
+        single_slot = jnp.arange(3)[None] == 0
+        cand = jnp.where(multi[:, :, None, None], masks[:, 1:], masks[:, :1])
+        cand_iou = jnp.where(multi, iou_pred[:, 1:], iou_pred[:, :1])
+        cand_valid = multi | single_slot
+        best = jnp.where(multimask, jnp.argmax(iou_pred[:, 1:], axis=-1), 0)  # [b]
+        low = jnp.take_along_axis(cand, best[:, None, None, None], axis=1)
+        token_index = jnp.where(
+            multimask & self.cfg.mask_decoder.use_multimask_token_for_obj_ptr, best + 1, 0
+        )
+        token = jnp.take_along_axis(tokens, token_index[:, None, None], axis=1)[:, 0]
+        size = (self.cfg.image_size, self.cfg.image_size)
+        return SamOutput(
+            low_res_masks=low,
+            high_res_masks=resize_bilinear(low, size),
+            ious=cand_iou,
+            obj_ptr=self._object_pointer(token, appearing, obj_score),
+            object_score_logits=obj_score,
+            candidate_masks=cand,
+            candidate_ious=cand_iou,
+            candidate_valid=cand_valid,
         )
 
     def _object_pointer(self, token, appearing, obj_score) -> Float[Array, "b d"]:

@@ -10,7 +10,7 @@ import einops
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from jax_refvos.model.sam2.attention import Attention
 from jax_refvos.model.sam2.layers import MLP
@@ -54,13 +54,15 @@ class TwoWayAttentionBlock(nnx.Module):
         keys: Float[Array, "b s d"],
         query_pe: Float[Array, "b q d"],
         key_pe: Float[Array, "#b s d"],
+        query_valid: Bool[Array, "b q"] | None = None,
     ) -> tuple[Float[Array, "b q d"], Float[Array, "b s d"]]:
-        """One block; returns the updated (queries, keys)."""
+        """One block; returns the updated (queries, keys). Invalid queries (absent prompt
+        points) are masked out wherever they would be attended to."""
         if self.skip_first_layer_pe:
-            queries = self.self_attn(q=queries, k=queries, v=queries)
+            queries = self.self_attn(q=queries, k=queries, v=queries, kv_valid=query_valid)
         else:
             q = queries + query_pe
-            queries = queries + self.self_attn(q=q, k=q, v=queries)
+            queries = queries + self.self_attn(q=q, k=q, v=queries, kv_valid=query_valid)
         queries = self.norm1(queries)
 
         q, k = queries + query_pe, keys + key_pe
@@ -69,7 +71,9 @@ class TwoWayAttentionBlock(nnx.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        keys = self.norm4(
+            keys + self.cross_attn_image_to_token(q=k, k=q, v=queries, kv_valid=query_valid)
+        )
         return queries, keys
 
 
@@ -119,6 +123,7 @@ class TwoWayTransformer(nnx.Module):
         image_embedding: Float[Array, "b h w d"],
         image_pe: Float[Array, "#b h w d"],
         point_embedding: Float[Array, "b q d"],
+        token_valid: Bool[Array, "b q"] | None = None,
     ) -> tuple[Float[Array, "b q d"], Float[Array, "b s d"]]:
         """Run the transformer.
 
@@ -126,6 +131,9 @@ class TwoWayTransformer(nnx.Module):
             image_embedding: the image tokens as a map, float32[b, h, w, d].
             image_pe: their positional encoding, float32[b or 1, h, w, d].
             point_embedding: the prompt/output tokens, float32[b, q, d]; also their PE.
+            token_valid: optional; False marks a token that is not there (static-shape
+                padding): no token or image position attends to it, which equals leaving it
+                out (attention is order-free over keys).
 
         Returns:
             (queries float32[b, q, d], keys float32[b, h*w, d]), keys in row-major order.
@@ -134,7 +142,9 @@ class TwoWayTransformer(nnx.Module):
         key_pe = einops.rearrange(image_pe, "b h w d -> b (h w) d")
         queries = point_embedding
         for layer in self.layers:
-            queries, keys = layer(queries, keys, query_pe=point_embedding, key_pe=key_pe)
+            queries, keys = layer(
+                queries, keys, query_pe=point_embedding, key_pe=key_pe, query_valid=token_valid
+            )
         q, k = queries + point_embedding, keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q=q, k=k, v=keys))
         return queries, keys
