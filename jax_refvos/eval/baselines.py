@@ -6,6 +6,9 @@
 - ``oracle``: the expression's own ground truth (scores J&F = 100; an end-to-end check of the
   writer, the layout and the scorer).
 - ``empty``: nothing (J = F = 0 except on frames where the target is absent).
+- ``first_mask``: each target object's mask on the first frame where it appears, copied to
+  every later frame (nothing before it); the expression predicts the union. What a
+  semi-supervised VOS method that does not track at all scores (SAM 2's reference point).
 """
 
 from pathlib import Path
@@ -17,7 +20,7 @@ from jax_refvos.datasets import mevis_layout
 from jax_refvos.eval import masks_io
 from jax_refvos.fileio import atomic_directory, atomic_write_bytes
 
-KINDS = ("union", "oracle", "empty")
+KINDS = ("union", "oracle", "empty", "first_mask")
 
 
 def _target_masks(masks, anno_ids, video, size, source):
@@ -30,6 +33,18 @@ def _target_masks(masks, anno_ids, video, size, source):
             mask = mevis_layout.decode_frame(per_frame[i], size, where=where)
             if mask is not None:
                 out[i] |= mask
+    return out
+
+
+def _first_mask_copies(masks, anno_ids, video, size, source):
+    """bool[t, h, w]: the union over `anno_ids` of each object's first non-empty mask, held
+    from that frame to the end."""
+    out = np.zeros((len(video.frames), *size), bool)
+    for anno_id in anno_ids:
+        own = _target_masks(masks, (anno_id,), video, size, source)
+        seen = np.flatnonzero(own.reshape(len(own), -1).any(-1))
+        if len(seen):
+            out[seen[0] :] |= own[seen[0]]
     return out
 
 
@@ -66,7 +81,8 @@ def write_baseline(
             )
             for exp in video.expressions:
                 if shared_png is None:
-                    own = _target_masks(masks, exp.anno_ids or (), video, size, source)
+                    pick = _first_mask_copies if kind == "first_mask" else _target_masks
+                    own = pick(masks, exp.anno_ids or (), video, size, source)
                     pngs = [masks_io.encode_mask_png(m) for m in own]
                 else:
                     pngs = shared_png

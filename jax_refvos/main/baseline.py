@@ -1,7 +1,8 @@
 """refvos baseline: write model-free reference predictions in the official layout.
 
 --kind union (every expression predicts all annotated objects of its video), oracle (the ground
-truth: scores 100) or empty.
+truth: scores 100), empty, or first_mask (each target object's first mask copied to every later
+frame: semi-supervised VOS without tracking).
 
   refvos baseline --dataset_root data/synth --split valid_u --kind union \
       --pred_dir runs/quickstart/union/valid_u
@@ -19,7 +20,7 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("split", None, "Split, e.g. valid_u.", flag_values=fv)
     flags.DEFINE_string("pred_dir", None, "Output folder (created).", flag_values=fv)
     flags.DEFINE_enum(
-        "kind", "union", ["union", "oracle", "empty"], "Which baseline.", flag_values=fv
+        "kind", "union", ["union", "oracle", "empty", "first_mask"], "Which baseline.", flag_values=fv
     )
     flags.DEFINE_boolean("overwrite", False, "Replace an existing --pred_dir.", flag_values=fv)
     for name in ("dataset_root", "split", "pred_dir"):

@@ -43,7 +43,7 @@ def test_equals_official(dataset, num_workers):
     assert 0 < result.jf < 100  # the perturbations make this a non-trivial score
 
 
-@pytest.mark.parametrize("kind", ["oracle", "empty", "union"])
+@pytest.mark.parametrize("kind", ["oracle", "empty", "union", "first_mask"])
 def test_baselines_score_as_official(dataset, tmp_path, kind):
     root, _ = dataset
     pred = tmp_path / kind
@@ -52,6 +52,8 @@ def test_baselines_score_as_official(dataset, tmp_path, kind):
     result = score.score_split(root, "valid_u", pred, num_workers=0, progress=False)
     if kind == "oracle":
         assert (result.j, result.f) == (100.0, 100.0)
+    if kind == "first_mask":  # exact on each object's first frame, stale after it
+        assert 0 < result.jf < 100
     j, f, _ = davis.split_scores(davis.expression_scores(root, "valid_u", pred))
     assert (result.j, result.f) == pytest.approx((j, f), abs=1e-6)
 
