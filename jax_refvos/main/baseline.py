@@ -20,7 +20,11 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("split", None, "Split, e.g. valid_u.", flag_values=fv)
     flags.DEFINE_string("pred_dir", None, "Output folder (created).", flag_values=fv)
     flags.DEFINE_enum(
-        "kind", "union", ["union", "oracle", "empty", "first_mask"], "Which baseline.", flag_values=fv
+        "kind",
+        "union",
+        ["union", "oracle", "empty", "first_mask"],
+        "Which baseline.",
+        flag_values=fv,
     )
     flags.DEFINE_boolean("overwrite", False, "Replace an existing --pred_dir.", flag_values=fv)
     for name in ("dataset_root", "split", "pred_dir"):
