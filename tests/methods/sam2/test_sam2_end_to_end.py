@@ -17,7 +17,7 @@ from jax_refvos.training.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 CONFIG = str(Path(__file__).resolve().parents[3] / "configs" / "sam2.py")
-SMALL = "image_size=64,width=32,frames=4,objects=2,corrections=1,batch=2,log_every=1"
+SMALL = "image_size=64,width=32,frames=4,objects=1,corrections=1,batch=4,log_every=1"
 
 
 @pytest.fixture(scope="module")
