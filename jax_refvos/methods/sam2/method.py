@@ -15,7 +15,7 @@ from jax_refvos.errors import InputError
 from jax_refvos.methods.base import Method, WorkdirKind
 from jax_refvos.methods.sam2 import config as sconfig
 from jax_refvos.methods.sam2 import workdir as sworkdir
-from jax_refvos.methods.sam2.predictor import Sam2VosPredictor
+from jax_refvos.methods.sam2.predictor import Sam2VosPredictor, refuse_text
 from jax_refvos.methods.sam2.train_forward import TrainSettings, sam2_loss, sam2_train_forward
 from jax_refvos.model.sam2.config import from_name
 from jax_refvos.model.sam2.sam2_model import Sam2Model
@@ -149,7 +149,7 @@ class Sam2Method(Method):
         return Sam2VosPredictor(sworkdir.load_weights_dir(path))
 
     def check_predict(self, text: str, options: Mapping[str, Any]) -> None:
-        Sam2VosPredictor.predict(None, None, text, seed=0, chunk_size=1)
+        refuse_text()
 
     # ------------------------------------------------------------------ weights
     def import_weights(self, src: Path, out_dir: Path, options: Mapping[str, Any], *, overwrite):

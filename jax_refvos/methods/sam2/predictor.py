@@ -26,6 +26,14 @@ from jax_refvos.model.sam2.sam2_model import NO_OBJ_SCORE, Sam2Model
 from jax_refvos.model.sam2.video_frames import resize_frame
 
 
+def refuse_text() -> None:
+    """SAM 2 has no text input: `refvos predict` is refused with one InputError."""
+    raise InputError(
+        "SAM 2 segments from prompts (masks, clicks, boxes), not from text: use "
+        "`refvos track` to prompt it, `refvos evaluate` for semi-supervised VOS"
+    )
+
+
 def _padded(n: int) -> int:
     """Object slots compiled for n objects: the next power of two (few shapes to compile)."""
     return max(1, 1 << (n - 1).bit_length())
@@ -126,7 +134,4 @@ class Sam2VosPredictor(Predictor):
             yield idx, chunk
 
     def predict(self, video, text: str, *, seed: int, chunk_size: int):
-        raise InputError(
-            "SAM 2 segments from prompts (masks, clicks, boxes), not from text: use "
-            "`refvos track` to prompt it, `refvos evaluate` for semi-supervised VOS"
-        )
+        refuse_text()

@@ -64,7 +64,7 @@ def sample_points_from_errors(
     return jnp.stack([pix % w, pix // w]).astype(jnp.float32), label.astype(jnp.int32)
 
 
-def _step_terms(model, out: SamOutput, gt, weight, s: TrainSettings) -> MaskTerms:
+def _step_terms(out: SamOutput, gt, weight, s: TrainSettings) -> MaskTerms:
     size = gt.shape[-2:]
     if out.candidate_masks is None:  # a mask prompt used as the output: one candidate
         cand = jnp.broadcast_to(out.high_res_masks, out.high_res_masks.shape[:1] + (3, *size))
@@ -138,7 +138,7 @@ def correct(
             mask_inputs=out.low_res_masks,
             multimask_output=multi,
         )
-        terms = terms + _step_terms(model, new, gt, weight, s)
+        terms = terms + _step_terms(new, gt, weight, s)
         return (new, points, labels, terms), None
 
     carry = (out, points, labels, _zero_terms(r))
@@ -216,8 +216,8 @@ def sam2_train_forward(model: Sam2Model, batch: dict, s: TrainSettings = TrainSe
             point_labels=labels[:, slot],
             multimask_output=init_multi[:, slot],
         )
-        terms = terms + _step_terms(model, from_mask, gt, weight * ~use_pt, s)
-        terms = terms + _step_terms(model, from_pts, gt, weight * use_pt, s)
+        terms = terms + _step_terms(from_mask, gt, weight * ~use_pt, s)
+        terms = terms + _step_terms(from_pts, gt, weight * use_pt, s)
         k = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, 1000 + slot)
         fixed, corr_terms = correct(
             model,
@@ -256,7 +256,7 @@ def sam2_train_forward(model: Sam2Model, batch: dict, s: TrainSettings = TrainSe
         pix = model.pix_with_memory(fe, memory, jnp.int32(t), bucketed=False)
         multi = jnp.full((r,), model.cfg.multimask_output_for_tracking)
         out = model.forward_sam_heads(pix, fe.high_res, multimask_output=multi)
-        terms = terms + _step_terms(model, out, gt, weight, s)
+        terms = terms + _step_terms(out, gt, weight, s)
         corr_now = (correct_frame == f) & tracked
 
         def with_clicks(_):
