@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_refvos.eval import breakdown
+
 ZIP_PREFIX = {"refytvos": "Annotations/"}  # CodaLab layouts; MeViS: folders at the zip root
 KINDS_REPORTED = ("referring", "reasoning")  # ReVOS "overall" averages these two subsets
 
@@ -59,14 +61,9 @@ def _score_all(tasks, num_workers: int):
         )
 
 
-def _summary(scores: list[tuple[float, float]]) -> dict:
-    j = 100 * float(np.mean([s[0] for s in scores]))
-    f = 100 * float(np.mean([s[1] for s in scores]))
-    return {"J": j, "F": f, "J&F": (j + f) / 2, "num_expressions": len(scores)}
-
-
-def metrics(tasks, kinds: dict[str, str], dataset: str, num_workers: int):
-    """(`score.ScoreResult`, metrics.json dict); ReVOS: by kind and the overall of two kinds."""
+def metrics(tasks, kinds: dict[str, str], dataset: str, num_workers: int, flags=None):
+    """(`score.ScoreResult`, metrics.json dict); ReVOS: by kind and the overall of two kinds;
+    with `flags` (`breakdown.expression_flags`), the occlusion / leave-and-return breakdown."""
     from jax_refvos.eval import score
 
     per = {key: (j, f) for key, j, f in _score_all(tasks, num_workers)}
@@ -79,7 +76,7 @@ def metrics(tasks, kinds: dict[str, str], dataset: str, num_workers: int):
     out = result.to_json()
     if dataset == "revos":
         by_kind = {
-            kind: _summary([v for k, v in per.items() if kinds[k] == kind])
+            kind: breakdown.summary([v for k, v in per.items() if kinds[k] == kind])
             for kind in sorted(set(kinds.values()))
         }
         out["by_kind"] = by_kind
@@ -87,6 +84,8 @@ def metrics(tasks, kinds: dict[str, str], dataset: str, num_workers: int):
         if parts:
             j, f = (float(np.mean([p[m] for p in parts])) for m in ("J", "F"))
             out["overall"] = {"J": j, "F": f, "J&F": (j + f) / 2, "of": list(KINDS_REPORTED)}
+    if flags is not None:
+        out["breakdown"] = breakdown.breakdown(per, flags)
     return result, out
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from jax_refvos import console, fileio
 from jax_refvos.datasets import records
 from jax_refvos.errors import InputError
-from jax_refvos.eval import masks_io, records_scoring, score
+from jax_refvos.eval import breakdown, masks_io, records_scoring, score
 from jax_refvos.methods import registry
 from jax_refvos.methods.base import resolve_options
 
@@ -92,9 +92,11 @@ def evaluate(workdir: str | Path, s: EvalSettings, options: Mapping[str, Any]) -
         if has_gt:
             tasks, kinds = records_scoring.score_tasks(videos(), pred, str(s.records))
             workers = (os.cpu_count() or 1) if s.num_workers is None else s.num_workers
-            result, out = records_scoring.metrics(tasks, kinds, dataset, workers)
+            flags = breakdown.expression_flags(videos())
+            result, out = records_scoring.metrics(tasks, kinds, dataset, workers, flags)
             fileio.atomic_write_json(tmp / "metrics.json", out)
             table = score.format_table(result, f"{dataset} {s.split}: {summary}, {out_dir}")
+            table += "\n" + breakdown.format_lines(out["breakdown"])
         else:
             count = records_scoring.write_submission(pred, tmp / "submission.zip", dataset)
             table = f"{dataset} {s.split}: {summary}; no ground truth: {count} PNGs zipped"

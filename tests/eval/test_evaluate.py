@@ -136,6 +136,11 @@ def test_cli_with_oracle_model_scores_100(synth_split, tmp_path, stub_model, cap
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"J", "F", "J&F", "num_expressions", "per_expression"} <= set(metrics)
     assert metrics["J&F"] == pytest.approx(100.0)
+    halves = [h for part in metrics["breakdown"].values() for h in part.values()]
+    assert set(metrics["breakdown"]) == {"occlusion", "leave_and_return"} and halves
+    assert all(h["J&F"] == pytest.approx(100.0) for h in halves)
+    for part in metrics["breakdown"].values():
+        assert sum(h["num_expressions"] for h in part.values()) == metrics["num_expressions"]
     meta = json.loads((root / "valid_u" / "meta_expressions.json").read_text())["videos"]
     pngs = sorted(p.relative_to(out / "pred").as_posix() for p in out.rglob("*.png"))
     want = sorted(
@@ -151,7 +156,8 @@ def test_cli_with_oracle_model_scores_100(synth_split, tmp_path, stub_model, cap
         "oracle",
         True,
     )
-    assert "100.00" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "100.00" in printed and "occlusion" in printed and "leave_and_return" in printed
     # the result is also what `refvos score` computes from the raw split
     raw = score.score_split(root, "valid_u", out / "pred", num_workers=0, progress=False)
     assert raw.jf == pytest.approx(100.0)

@@ -32,6 +32,10 @@ from jax_refvos.model.sam2.propagation import normalize_frames
 from jax_refvos.model.sam2.resize import resize_bilinear
 from jax_refvos.model.sam2.sam2_model import ABSENT_POINT, ImageFeatures, Sam2Model, SamOutput
 
+# `unroll` of the click and tracking scans; `benchmarks/train_step.py` sets True to count the
+# FLOPs of every iteration (XLA's cost analysis counts a loop body once).
+SCAN_UNROLL: int | bool = 1
+
 # A binarised mask as logits: sigmoid gives exactly 0 / 1 (`binarize_mask_from_pts_for_mem_enc`).
 _HARD = 1e4
 
@@ -142,7 +146,7 @@ def correct(
         return (new, points, labels, terms), None
 
     carry = (out, points, labels, _zero_terms(r))
-    (out, _, _, terms), _ = jax.lax.scan(click, carry, jnp.arange(n))
+    (out, _, _, terms), _ = jax.lax.scan(click, carry, jnp.arange(n), unroll=SCAN_UNROLL)
     return out, terms
 
 
@@ -282,7 +286,9 @@ def sam2_train_forward(model: Sam2Model, batch: dict, s: TrainSettings = TrainSe
         return (bank, terms + corr_terms), (inter / union, tracked & jnp.any(gt, (-2, -1)))
 
     steps = jnp.arange(1, t, dtype=jnp.int32)
-    (_, terms), (iou, ok) = jax.lax.scan(jax.checkpoint(step), (bank, terms), steps)
+    (_, terms), (iou, ok) = jax.lax.scan(
+        jax.checkpoint(step), (bank, terms), steps, unroll=SCAN_UNROLL
+    )
     out_iou = out_iou.at[:, 1:].set(iou.T)
     track_valid = jnp.zeros((r, t), bool).at[:, 1:].set(ok.T) & obj_valid[:, None]
     return TrainOutput(terms=terms, track_iou=out_iou, track_valid=track_valid)

@@ -178,3 +178,22 @@ def test_train_forward_trains_every_part_and_ignores_padding(model):
     other["masks"][1, 1] = ~other["masks"][1, 1]
     (loss2, _), _ = loss_and_grad(state, other)
     assert float(loss2) == float(loss)
+
+
+@pytest.mark.slow  # two compiles of the forward: minutes on 2 cores
+def test_unrolled_scans_equal_the_loops(model, monkeypatch):
+    """benchmarks/train_step.py counts FLOPs with the scans unrolled: the same arithmetic."""
+    from jax_refvos.methods.sam2 import train_forward as sam2_train
+
+    s = TrainSettings(num_correction_points=2)
+    batch = jax.tree.map(jnp.asarray, _batch(np.random.default_rng(1)))
+
+    def loss(unroll):
+        monkeypatch.setattr(sam2_train, "SCAN_UNROLL", unroll)
+        fn = jax.jit(
+            lambda b: sam2_loss(sam2_train_forward(model, b, s), b["obj_valid"].reshape(-1), s)[0]
+        )
+        return float(fn(batch))
+
+    looped, unrolled = loss(1), loss(True)
+    assert np.isfinite(looped) and abs(looped - unrolled) <= 1e-5 * abs(looped)
