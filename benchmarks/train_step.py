@@ -15,11 +15,11 @@ real pipeline batches:
 - step: median seconds per step after compilation (host->device copy of the batch included);
 - FLOPs per step: XLA's cost analysis of the compiled step. HloCostAnalysis counts a while-loop
   body once, so the FLOPs are taken from a second compile with the method's scans unrolled
-  (VIRST's SAM2 rollout `virst_train.ROLLOUT_UNROLL`; SAM 2's click and tracking scans
+  (VIRST's SAM2 rollout `virst_train.ROLLOUT_UNROLL`; SAM 2's tracking scan
   `sam2_train.SCAN_UNROLL`), the same arithmetic without the loop. They include the
   rematerialisation of the checkpointed scan bodies (so strictly this is hardware FLOPs
-  utilisation); for SAM 2 they count the corrective-click branch of the tracking `lax.cond` as
-  XLA's cost analysis counts a conditional;
+  utilisation). SAM 2's corrective-click scans stay loops (unrolled, the step compiles for
+  over 25 minutes on 2 cores), counted once each: its FLOPs and MFU are lower bounds;
 - peak: the best of a few timed float32 (CPU) or bfloat16 (GPU/TPU) square matmuls of
   `--peak_n`, 2 n^3 FLOPs each, on the same device; MFU = FLOPs per step / step time / peak.
 
