@@ -18,8 +18,8 @@ real pipeline batches:
   (VIRST's SAM2 rollout `virst_train.ROLLOUT_UNROLL`; SAM 2's tracking scan
   `sam2_train.SCAN_UNROLL`), the same arithmetic without the loop. They include the
   rematerialisation of the checkpointed scan bodies (so strictly this is hardware FLOPs
-  utilisation). SAM 2's corrective-click scans stay loops (unrolled, the step compiles for
-  over 25 minutes on 2 cores), counted once each: its FLOPs and MFU are lower bounds;
+  utilisation). SAM 2's corrective-click scans stay loops (unrolled, the step did not finish
+  compiling within 25 minutes on 2 cores), counted once each: its FLOPs and MFU are lower bounds;
 - peak: the best of a few timed float32 (CPU) or bfloat16 (GPU/TPU) square matmuls of
   `--peak_n`, 2 n^3 FLOPs each, on the same device; MFU = FLOPs per step / step time / peak.
 

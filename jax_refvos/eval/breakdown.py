@@ -30,14 +30,14 @@ def _touches_border(m: Bool[np.ndarray, "h w"]) -> bool:
 
 def track_events(masks: Bool[np.ndarray, "t h w"]) -> dict[str, bool]:
     """`{"occluded": ..., "leaves_and_returns": ...}` of one object's masks (module docstring)."""
-    present = masks.reshape(masks.shape[0], -1).any(1)
+    area = masks.reshape(masks.shape[0], -1).sum(1)
+    present = area > 0
     idx = np.flatnonzero(present)
     if idx.size == 0:
         return {"occluded": False, "leaves_and_returns": False}
     first, last = int(idx[0]), int(idx[-1])
     gaps = ~present[first : last + 1]
     clear = np.array([p and not _touches_border(m) for m, p in zip(masks, present, strict=True)])
-    area = masks.reshape(masks.shape[0], -1).sum(1)
     occluded = False
     if clear.any():
         full = area[clear].max()

@@ -34,7 +34,7 @@ from jax_refvos.model.sam2.sam2_model import ABSENT_POINT, ImageFeatures, Sam2Mo
 
 # `unroll` of the tracking scan; `benchmarks/train_step.py` sets True to count the FLOPs of every
 # tracked frame (XLA's cost analysis counts a loop body once). The click scans stay loops: fully
-# unrolled, the step takes over 25 min to compile on 2 cores.
+# unrolled, the step did not finish compiling within 25 min on 2 cores.
 SCAN_UNROLL: int | bool = 1
 
 # A binarised mask as logits: sigmoid gives exactly 0 / 1 (`binarize_mask_from_pts_for_mem_enc`).
