@@ -13,13 +13,14 @@ real pipeline batches:
 
 - compile: seconds to lower and compile the step (`jax.jit(...).lower(...).compile()`);
 - step: median seconds per step after compilation (host->device copy of the batch included);
-- FLOPs per step: XLA's cost analysis of the compiled step. HloCostAnalysis counts a while-loop
-  body once, so the FLOPs are taken from a second compile with the method's scans unrolled
-  (VIRST's SAM2 rollout `virst_train.ROLLOUT_UNROLL`; SAM 2's tracking scan
-  `sam2_train.SCAN_UNROLL`), the same arithmetic without the loop. They include the
-  rematerialisation of the checkpointed scan bodies (so strictly this is hardware FLOPs
-  utilisation). SAM 2's corrective-click scans stay loops (unrolled, the step did not finish
-  compiling within 25 minutes on 2 cores), counted once each: its FLOPs and MFU are lower bounds;
+- FLOPs per step: XLA's cost analysis of the step. HloCostAnalysis counts a while-loop body
+  once, so the FLOPs are those of a second lowering with the method's scans unrolled (VIRST's
+  SAM2 rollout `virst_train.ROLLOUT_UNROLL`; SAM 2's tracking and corrective-click scans
+  `sam2_train.SCAN_UNROLL`), the same arithmetic without the loops, counted on the lowered
+  program (`Lowered.cost_analysis()`, before XLA's optimisations: compiling SAM 2's step fully
+  unrolled did not finish within 25 minutes on 2 cores). They include the rematerialisation of
+  the checkpointed scan bodies (so strictly this is hardware FLOPs utilisation).
+  `--check_flops` compiles the unrolled step as well and prints both counts;
 - peak: the best of a few timed float32 (CPU) or bfloat16 (GPU/TPU) square matmuls of
   `--peak_n`, 2 n^3 FLOPs each, on the same device; MFU = FLOPs per step / step time / peak.
 
@@ -63,7 +64,9 @@ def _unroll_switch(method: str):
     raise SystemExit(f"error: benchmarks/train_step.py has no scan-unroll switch for {method!r}")
 
 
-def measure(config: str, data_dir: str | None, steps: int, lm_layers: int) -> dict:
+def measure(
+    config: str, data_dir: str | None, steps: int, lm_layers: int, check_flops: bool = False
+) -> dict:
     """Compile and time one config's train step (module docstring)."""
     import jax
 
@@ -98,9 +101,9 @@ def measure(config: str, data_dir: str | None, steps: int, lm_layers: int) -> di
     lm = record["components"].get("lm")
     module, switch = _unroll_switch(c.method)
 
-    def compile_step(first):
+    def compile_step(first, compile=True):
         return train_step.compile_step(
-            run.loss_fn(), run.spec, run.model, run.optimizer, run.state(), first
+            run.loss_fn(), run.spec, run.model, run.optimizer, run.state(), first, compile=compile
         )
 
     with jax.set_mesh(mesh):
@@ -110,8 +113,8 @@ def measure(config: str, data_dir: str | None, steps: int, lm_layers: int) -> di
         state = run.state()
         setattr(module, switch, True)
         try:
-            unrolled = compile_step(first)[0]
-            flops = cost_flops(unrolled)
+            flops = cost_flops(compile_step(first, compile=False)[0])
+            compiled_flops = cost_flops(compile_step(first)[0]) if check_flops else None
         finally:
             setattr(module, switch, 1)
         looped_flops = cost_flops(compiled)
@@ -140,6 +143,7 @@ def measure(config: str, data_dir: str | None, steps: int, lm_layers: int) -> di
         "step_times_s": times,
         "flops_per_step": flops,
         "flops_per_step_loop_counted_once": looped_flops,
+        "flops_per_step_compiled_unrolled": compiled_flops,
         "achieved_flops_per_s": flops / step_s,
         "loss": float(metrics["loss"]),
     }
@@ -153,13 +157,20 @@ def main() -> None:
     ap.add_argument("--lm_layers", type=int, default=0, help="cut the LLM to this many layers")
     ap.add_argument("--peak_n", type=int, default=2048)
     ap.add_argument("--out", default=None, help="write the results as JSON")
+    ap.add_argument(
+        "--check_flops",
+        action="store_true",
+        help="also compile the unrolled step and report its FLOPs (slow for SAM 2)",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     import jax
 
     configs = args.config or ["configs/virst.py:variant=tiny"]
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="train_step_bench_")
-    results = [measure(cfg, data_dir, args.steps, args.lm_layers) for cfg in configs]
+    results = [
+        measure(cfg, data_dir, args.steps, args.lm_layers, args.check_flops) for cfg in configs
+    ]
     platform = jax.devices()[0].platform
     peak = matmul_peak(args.peak_n, "float32" if platform == "cpu" else "bfloat16")
     for res in results:
@@ -175,6 +186,8 @@ def main() -> None:
             f" | {res['flops_per_step'] / 1e9:.1f} GFLOP/step"
             f" | {res['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s -> MFU {100 * res['mfu']:.1f}%"
         )
+        if res["flops_per_step_compiled_unrolled"]:
+            print(f"  compiled unrolled: {res['flops_per_step_compiled_unrolled'] / 1e9:.2f} GFLOP")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 

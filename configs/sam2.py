@@ -12,8 +12,9 @@ per process and step), lr, seed, init (large: an official `.pt`, architecture `m
 (the training records, a `refvos convert` output; tiny: the synthetic benchmark's by default),
 image_size (tiny 128; large the checkpoint's 1024), width (tiny d_model), frames (clip length,
 8), objects (per clip, 3), corrections (corrective clicks per clicked frame, 7),
-freeze_encoder (true: the image encoder does not train), mesh (as configs/virst.py), synth
-(default | tiny), data_dir (where synth/ and records/ live).
+freeze_encoder (true: the image encoder does not train), multimask_tracking (0 | 1: three
+candidate masks on tracked frames; default 1 for large as SAM 2.1, 0 for tiny), mesh (as
+configs/virst.py), synth (default | tiny), data_dir (where synth/ and records/ live).
 
 Training follows the official trainer (docs/sam2.md): 8-frame clips; the first frame (and
 sometimes a second) prompted with the GT mask (P 0.5), a box (0.25) or a click (0.25), 7
@@ -52,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         objects=3,
         corrections=7,
         freeze_encoder=False,
+        multimask_tracking=-1,
         mesh="auto",
         synth="default",
         data_dir="data",
@@ -78,6 +80,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.image_size = arg.image_size if arg.image_size != -1 else (128 if tiny else 1024)
     c.model.width = arg.width
     c.model.freeze_image_encoder = bool(arg.freeze_encoder)
+    # DEVIATION(sam2): tiny tracks with one mask per frame (docs/sam2.md); large keeps SAM 2.1's 3.
+    mm = arg.multimask_tracking
+    c.model.multimask_tracking = bool(mm) if mm in (0, 1) else not tiny
 
     c.synth = dict(SYNTH_VARIANTS[arg.synth], seed=arg.seed)
     c.data = ml_collections.ConfigDict()

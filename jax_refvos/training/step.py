@@ -66,8 +66,10 @@ def compile_step(
     first_batch: dict,
     *,
     skip_nonfinite: bool = False,
+    compile: bool = True,
 ):
-    """(compiled step, seconds to lower, seconds to compile).
+    """(compiled step, seconds to lower, seconds to compile); with `compile=False` the lowered
+    program instead (and 0.0), e.g. for its cost analysis.
 
     The program `refvos train` runs (and `benchmarks/train_step.py` times): `step(state, batch)
     -> (state, metrics)` with the state donated; with `skip_nonfinite` a step whose loss or
@@ -91,6 +93,8 @@ def compile_step(
     start = time.perf_counter()
     lowered = jax.jit(pure, donate_argnums=0).lower(state, first_batch)
     lower_s = time.perf_counter() - start
+    if not compile:
+        return lowered, lower_s, 0.0
     start = time.perf_counter()
     compiled = lowered.compile()
     return compiled, lower_s, time.perf_counter() - start

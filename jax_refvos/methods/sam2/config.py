@@ -35,6 +35,10 @@ class ModelSection:
     image_size: int = 128  # input side (tiny; large keeps the checkpoint's 1024 unless set)
     width: int = 64  # tiny: d_model of the neck, decoder and memory attention
     freeze_image_encoder: bool = False  # the official `freeze_image_encoder`
+    # `multimask_output_for_tracking` (SAM 2.1: true). The tiny preset turns it off: trained
+    # from scratch, three candidates on tracked frames let the model satisfy the min-loss
+    # selection with memory-free colour groups (docs/sam2.md, "Status").
+    multimask_tracking: bool = True
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

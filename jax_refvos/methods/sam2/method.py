@@ -1,6 +1,7 @@
 """SAM 2 as a `methods.base.Method`: promptable video segmentation trained as the official
 trainer does (`train_forward.py`), evaluated as semi-supervised VOS (`predictor.py`)."""
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,11 +78,13 @@ class Sam2Method(Method):
     def model_config(self, c):
         m = _model(c)
         if m.preset == "tiny" and not m.init:
-            return sconfig.tiny_sam2(m.image_size, m.width)
-        if m.init and _is_weights_dir(m.init):
+            cfg = sconfig.tiny_sam2(m.image_size, m.width)
+        elif m.init and _is_weights_dir(m.init):
             meta = weights_dir.read_meta(m.init)
-            return sworkdir.config_from_record(meta, f"{m.init}/config.json")
-        return from_name(m.model_cfg, image_size=m.image_size)
+            cfg = sworkdir.config_from_record(meta, f"{m.init}/config.json")
+        else:
+            cfg = from_name(m.model_cfg, image_size=m.image_size)
+        return dataclasses.replace(cfg, multimask_output_for_tracking=m.multimask_tracking)
 
     def model_record(self, c, workdir: Path) -> dict[str, Any]:
         return sworkdir.make_record(self.model_config(c))

@@ -32,9 +32,9 @@ from jax_refvos.model.sam2.propagation import normalize_frames
 from jax_refvos.model.sam2.resize import resize_bilinear
 from jax_refvos.model.sam2.sam2_model import ABSENT_POINT, ImageFeatures, Sam2Model, SamOutput
 
-# `unroll` of the tracking scan; `benchmarks/train_step.py` sets True to count the FLOPs of every
-# tracked frame (XLA's cost analysis counts a loop body once). The click scans stay loops: fully
-# unrolled, the step did not finish compiling within 25 min on 2 cores.
+# `unroll` of the tracking and corrective-click scans. XLA's cost analysis counts a loop body
+# once, so `benchmarks/train_step.py` lowers the step once more with True and counts the FLOPs of
+# that lowered program (compiling it fully unrolled did not finish within 25 min on 2 cores).
 SCAN_UNROLL: int | bool = 1
 
 # A binarised mask as logits: sigmoid gives exactly 0 / 1 (`binarize_mask_from_pts_for_mem_enc`).
@@ -147,7 +147,7 @@ def correct(
         return (new, points, labels, terms), None
 
     carry = (out, points, labels, _zero_terms(r))
-    (out, _, _, terms), _ = jax.lax.scan(click, carry, jnp.arange(n))
+    (out, _, _, terms), _ = jax.lax.scan(click, carry, jnp.arange(n), unroll=SCAN_UNROLL)
     return out, terms
 
 

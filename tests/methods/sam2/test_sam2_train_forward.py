@@ -182,7 +182,8 @@ def test_train_forward_trains_every_part_and_ignores_padding(model):
 
 @pytest.mark.slow  # two compiles of the forward: minutes on 2 cores
 def test_unrolled_tracking_equals_the_loop(model, monkeypatch):
-    """benchmarks/train_step.py counts FLOPs with the tracking unrolled: the same arithmetic."""
+    """benchmarks/train_step.py counts FLOPs with the tracking and click scans unrolled: the same
+    arithmetic."""
     from jax_refvos.methods.sam2 import train_forward as sam2_train
 
     s = TrainSettings(num_correction_points=2)
