@@ -82,7 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.freeze_image_encoder = bool(arg.freeze_encoder)
     # DEVIATION(sam2): tiny tracks with one mask per frame (docs/sam2.md); large keeps SAM 2.1's 3.
     mm = arg.multimask_tracking
-    c.model.multimask_tracking = bool(mm) if mm in (0, 1) else not tiny
+    if mm not in (-1, 0, 1):
+        raise ValueError(f"multimask_tracking={mm}: choose 0 or 1 (or leave it out)")
+    c.model.multimask_tracking = bool(mm) if mm != -1 else not tiny
 
     c.synth = dict(SYNTH_VARIANTS[arg.synth], seed=arg.seed)
     c.data = ml_collections.ConfigDict()

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from jax_refvos import config_lib
+from jax_refvos.errors import InputError
 from jax_refvos.methods.sam2.method import METHOD
 from jax_refvos.methods.sam2.workdir import config_from_record, make_record
 
@@ -32,3 +33,8 @@ def test_the_workdir_record_keeps_the_tracking_flag():
     cfg = _model_config("variant=tiny,image_size=64,width=32")
     back = config_from_record(make_record(cfg), "config.json")
     assert back == cfg and back.multimask_output_for_tracking is False
+
+
+def test_a_tracking_flag_other_than_0_or_1_is_refused():
+    with pytest.raises(InputError, match="sam2.py: multimask_tracking=2: choose 0 or 1"):
+        config_lib.load(CONFIG, "variant=tiny,multimask_tracking=2", lock=False)
